@@ -1,0 +1,155 @@
+"""The ingest job: labelled examples in, one new published version of the task out.
+
+For each example the backbone runs once over all exits (one batched forward pass,
+stopped after the last layer, before the vocabulary projection), the correct
+exits become the exit information, and the prompt is embedded as the key. Batches
+are formed over examples sorted by prompt length so that padding stays small.
+Records stream into a new version, which is published only once all are written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from raee.backbone import Backbone, TaskProbe
+from raee.data import Example
+from raee.encoder import QueryEncoder
+from raee.exit_info import ExitInfo, ExitStats
+from raee.store import ExitRecord, ExitStore, TaskVersion, VersionMeta
+from raee.tasks import TaskSpec
+
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass
+class IngestResult:
+    version: TaskVersion
+    stats: ExitStats
+    seconds: float
+    skipped: int
+    store_bytes: int | None
+    location: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.stats.examples / self.seconds if self.seconds > 0 else 0.0
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Indices grouped into batches of similar length (stable, so the order is deterministic)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def run_ingest(
+    spec: TaskSpec,
+    examples: Sequence[Example],
+    *,
+    backbone: Backbone,
+    encoder: QueryEncoder,
+    store: ExitStore,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    skipped: int = 0,
+    progress: bool = True,
+    extra_stats: dict[str, object] | None = None,
+) -> IngestResult:
+    """Probe, embed and store every example; publish the new version atomically."""
+    if not examples:
+        raise ValueError("examples: nothing to ingest")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be at least 1 (got {batch_size})")
+    probe = backbone.for_task(spec)
+    started = time.perf_counter()
+    texts = [example.text for example in examples]
+    batches = length_sorted_batches(probe.token_lengths(texts), batch_size)
+    stats = ExitStats(num_exits=backbone.num_layers + 1)
+    timings = {"forward_s": 0.0, "encode_s": 0.0, "store_s": 0.0}
+    with (
+        store.begin_version(spec.name, encoder.dim) as writer,
+        tqdm(total=len(examples), unit="ex", desc=f"ingest {spec.name}", disable=not progress) as bar,
+    ):
+        for batch in batches:
+            chosen = [examples[i] for i in batch]
+            records = _probe_batch(probe, encoder, spec, chosen, batch, timings)
+            for record in records:
+                stats.add(record.exit)
+            tick = time.perf_counter()
+            writer.add(records)
+            timings["store_s"] += time.perf_counter() - tick
+            bar.update(len(chosen))
+        meta = VersionMeta(
+            spec=spec,
+            backbone_id=str(backbone.id),
+            encoder_id=encoder.id,
+            num_layers=backbone.num_layers,
+            stats={**stats.to_dict(), "skipped_rows": skipped, **(extra_stats or {})},
+        )
+        tick = time.perf_counter()
+        version = writer.publish(meta)
+        timings["publish_s"] = time.perf_counter() - tick
+    return IngestResult(
+        version=version,
+        stats=stats,
+        seconds=time.perf_counter() - started,
+        skipped=skipped,
+        store_bytes=store.size_bytes(spec.name),
+        location=store.location,
+        timings=timings,
+    )
+
+
+def _probe_batch(
+    probe: TaskProbe,
+    encoder: QueryEncoder,
+    spec: TaskSpec,
+    examples: Sequence[Example],
+    point_ids: np.ndarray,
+    timings: dict[str, float],
+) -> list[ExitRecord]:
+    tick = time.perf_counter()
+    probabilities = probe.exit_probabilities([e.text for e in examples])
+    timings["forward_s"] += time.perf_counter() - tick
+    tick = time.perf_counter()
+    vectors = encoder.encode([spec.key_text(e.text) for e in examples])
+    timings["encode_s"] += time.perf_counter() - tick
+    return [
+        ExitRecord(
+            point_id=int(point_id),
+            vector=vector,
+            example_id=example.example_id,
+            text=example.text,
+            label=example.label,
+            label_index=example.label_index,
+            exit=ExitInfo.from_probabilities(probs, example.label_index),
+        )
+        for example, point_id, vector, probs in zip(examples, point_ids, vectors, probabilities, strict=True)
+    ]
+
+
+def render_summary(result: IngestResult) -> str:
+    """The human-readable end-of-run summary."""
+    stats = result.stats
+    version = result.version
+    per_exit = stats.accuracy_per_exit()
+    best = int(np.argmax(per_exit))
+    size = "n/a" if result.store_bytes is None else f"{result.store_bytes / 1e6:.1f} MB"
+    lines = [
+        f"task {version.task}: published version {version.version} to {result.location}",
+        f"  examples            {stats.examples} ({result.skipped} invalid rows skipped)",
+        f"  points              {version.points}",
+        f"  with a correct exit {100.0 * stats.with_correct_exit / stats.examples:.1f} %",
+        f"  full-model accuracy {per_exit[-1]:.1f} % (exit {len(per_exit) - 1})",
+        f"  best single exit    {per_exit[best]:.1f} % (exit {best})",
+        "  accuracy per exit   " + " ".join(f"{i}:{acc:.0f}" for i, acc in enumerate(per_exit)),
+        f"  time                {result.seconds:.1f} s ({result.examples_per_second:.1f} examples/s)",
+        f"  store size          {size}",
+        f"  backbone            {version.backbone_id}",
+        f"  encoder             {version.encoder_id}",
+    ]
+    return "\n".join(lines)

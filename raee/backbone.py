@@ -1,0 +1,275 @@
+"""A transformer backbone whose prediction can be read at every exit, or stopped at one.
+
+Exit ``l`` of a backbone with ``L`` layers is the hidden state after layer ``l``
+(exit 0 is the embedding output, the input of layer 1). Both operations read the
+hidden state with forward hooks on the model's own layer modules, so any Hugging
+Face causal or masked LM whose layers sit in one ``ModuleList`` works unchanged,
+and they stop the forward pass by raising from the hook of the exit layer:
+layers above it never run, and neither does the full-vocabulary LM head. Only
+the prediction position is kept, and only the label words' rows of the head are
+multiplied (``../shared/RAEE.md`` §1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
+
+from raee.fingerprint import weights_fingerprint
+from raee.model_loading import BackboneKind, load_model, resolve_source
+from raee.tasks import TaskSpec, TaskSpecError
+
+DEFAULT_MAX_TOKENS = 512
+
+
+class InputTooLongError(ValueError):
+    """A formatted prompt exceeds the backbone's token budget."""
+
+    def __init__(self, index: int, length: int, limit: int) -> None:
+        super().__init__(f"text {index}: prompt is {length} tokens, more than the limit of {limit}")
+        self.index = index
+        self.length = length
+        self.limit = limit
+
+
+class UnsupportedBackboneError(RuntimeError):
+    """The model's layout is not one this module knows how to probe."""
+
+
+@dataclass(frozen=True)
+class BackboneId:
+    """Identifies a backbone everywhere: stored with each task version, checked at serving."""
+
+    name: str
+    num_layers: int
+    fingerprint: str
+
+    def __str__(self) -> str:
+        return f"{self.name}/L{self.num_layers}/{self.fingerprint}"
+
+    @classmethod
+    def parse(cls, text: str) -> BackboneId:
+        name, layers, fingerprint = text.rsplit("/", 2)
+        return cls(name=name, num_layers=int(layers.removeprefix("L")), fingerprint=fingerprint)
+
+
+class _StopForward(Exception):  # noqa: N818 - control flow, not an error
+    """Raised from a hook to end the forward pass once the exit layer has run."""
+
+
+class Backbone:
+    """A loaded backbone. Use :meth:`for_task` to get a :class:`TaskProbe`."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str,
+        kind: BackboneKind,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kind: BackboneKind = kind
+        self.max_tokens = max_tokens
+        self.layers = _find_layers(model)
+        self.num_layers = len(self.layers)
+        if kind == "causal":
+            tokenizer.padding_side = "right"  # keeps position ids of real tokens unchanged
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+        self.transform = _head_transform(model, kind)
+        self.id = BackboneId(name=name, num_layers=self.num_layers, fingerprint=weights_fingerprint(model))
+
+    @classmethod
+    def load(
+        cls,
+        source: str,
+        *,
+        kind: BackboneKind | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+    ) -> Backbone:
+        """Load ``gemma-3-270m`` (the default), a ``.gguf`` file, a folder or a hub id."""
+        resolved = resolve_source(source)
+        model, tokenizer, detected = load_model(resolved, kind=kind)
+        return cls(model, tokenizer, name=resolved.name, kind=detected, max_tokens=max_tokens)
+
+    def label_token_ids(self, spec: TaskSpec) -> list[int]:
+        """First sub-token of each label word (with its leading space); collisions are errors."""
+        ids = [self._first_token(word) for word in spec.label_words]
+        seen: dict[int, str] = {}
+        for word, token_id in zip(spec.label_words, ids, strict=True):
+            if token_id in seen:
+                token = self.tokenizer.convert_ids_to_tokens(token_id)
+                raise TaskSpecError(
+                    f"labels: words {seen[token_id]!r} and {word!r} share their first token "
+                    f"{token!r} under {self.id.name}'s tokenizer; choose distinct label words"
+                )
+            seen[token_id] = word
+        return ids
+
+    def _first_token(self, word: str) -> int:
+        ids: list[int] = self.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        if ids and self.tokenizer.convert_ids_to_tokens(ids[0]) in {"▁", "Ġ", " "}:
+            ids = ids[1:]  # a bare space marker: the word itself follows
+        if not ids:
+            raise TaskSpecError(f"labels: word {word!r} has no tokens under {self.id.name}")
+        return ids[0]
+
+    def for_task(self, spec: TaskSpec) -> TaskProbe:
+        if spec.uses_mask and self.kind != "masked":
+            raise TaskSpecError(f"template: {{mask}} needs a masked LM, but {self.id.name} is causal")
+        if not spec.uses_mask and self.kind == "masked":
+            raise TaskSpecError(f"template: a masked LM ({self.id.name}) needs a {{mask}} slot")
+        return TaskProbe(self, spec)
+
+
+class TaskProbe:
+    """A backbone bound to one task: label-word head rows are sliced once, here."""
+
+    def __init__(self, backbone: Backbone, spec: TaskSpec) -> None:
+        self.backbone = backbone
+        self.spec = spec
+        self.label_ids = backbone.label_token_ids(spec)
+        output = backbone.model.get_output_embeddings()  # type: ignore[no-untyped-call]
+        if output is None:
+            raise UnsupportedBackboneError(f"{backbone.id.name} has no output embeddings (LM head)")
+        self.head_weight = output.weight[self.label_ids].detach().clone()
+        bias = getattr(output, "bias", None)
+        self.head_bias = None if bias is None else bias[self.label_ids].detach().clone()
+        self.softcap: float | None = getattr(backbone.model.config, "final_logit_softcapping", None)
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.num_layers
+
+    def prompts(self, texts: Sequence[str]) -> list[str]:
+        return [self.spec.format(text, self.backbone.tokenizer.mask_token) for text in texts]
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Prompt lengths in tokens, for length-bucketed batching and limit checks."""
+        encoded = self.backbone.tokenizer(self.prompts(texts))["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    @torch.inference_mode()
+    def exit_probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        """Label-word probabilities at every exit: shape ``(n, L + 1, C)``, one forward pass."""
+        encoded, positions = self._encode(texts)
+        states = self._run(encoded, positions, exits=range(self.num_layers + 1))
+        return self._probabilities(torch.stack(states, dim=1)).numpy()
+
+    @torch.inference_mode()
+    def predict_at(self, texts: Sequence[str], exit_layer: int) -> np.ndarray:
+        """Label-word probabilities at one exit, ``(n, C)``, running layers ``1..exit_layer`` only."""
+        if not 0 <= exit_layer <= self.num_layers:
+            raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
+        encoded, positions = self._encode(texts)
+        (state,) = self._run(encoded, positions, exits=range(exit_layer, exit_layer + 1))
+        return self._probabilities(state).numpy()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _encode(self, texts: Sequence[str]) -> tuple[BatchEncoding, torch.Tensor]:
+        if not texts:
+            raise ValueError("texts: need at least one text")
+        tokenizer = self.backbone.tokenizer
+        encoded = tokenizer(self.prompts(texts), padding=True, return_tensors="pt")
+        lengths = encoded["attention_mask"].sum(dim=1)
+        too_long = torch.nonzero(lengths > self.backbone.max_tokens).flatten()
+        if too_long.numel():
+            index = int(too_long[0])
+            raise InputTooLongError(index, int(lengths[index]), self.backbone.max_tokens)
+        if self.backbone.kind == "causal":
+            return encoded, lengths - 1
+        is_mask = encoded["input_ids"] == tokenizer.mask_token_id
+        if not torch.all(is_mask.sum(dim=1) == 1):
+            raise ValueError("template: each prompt must contain exactly one mask token")
+        return encoded, is_mask.int().argmax(dim=1)
+
+    def _run(self, encoded: BatchEncoding, positions: torch.Tensor, exits: range) -> list[torch.Tensor]:
+        """Hidden states at ``positions`` for each exit in ``exits``; stops after the last one."""
+        rows = torch.arange(positions.shape[0])
+        captured: list[torch.Tensor] = []
+        last = exits[-1]
+
+        def keep(hidden: torch.Tensor, exit_layer: int) -> None:
+            if exit_layer in exits:
+                captured.append(hidden[rows, positions])
+            if exit_layer == last:
+                raise _StopForward
+
+        with _hooks(self.backbone.layers, exits, keep):
+            try:
+                kwargs: dict[str, Any] = {"use_cache": False} if self.backbone.kind == "causal" else {}
+                self.backbone.model.base_model(**encoded, **kwargs)
+            except _StopForward:
+                pass
+        if len(captured) != len(exits):  # pragma: no cover - would mean hooks did not fire
+            raise UnsupportedBackboneError("the model did not run through its layer modules")
+        return captured
+
+    def _probabilities(self, states: torch.Tensor) -> torch.Tensor:
+        logits = self.backbone.transform(states) @ self.head_weight.T
+        if self.head_bias is not None:
+            logits = logits + self.head_bias
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return torch.softmax(logits.float(), dim=-1)
+
+
+@contextmanager
+def _hooks(layers: nn.ModuleList, exits: range, keep: Callable[[torch.Tensor, int], None]) -> Iterator[None]:
+    """Hook the modules that produce the wanted exits: layer 1's input is exit 0."""
+    handles = []
+    if 0 in exits:
+
+        def before_first(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            keep(args[0] if args else kwargs["hidden_states"], 0)
+
+        handles.append(layers[0].register_forward_pre_hook(before_first, with_kwargs=True))
+    for exit_layer in exits:
+        if exit_layer == 0:
+            continue
+
+        def after(_module: nn.Module, _args: Any, output: Any, exit_layer: int = exit_layer) -> None:
+            keep(output[0] if isinstance(output, tuple) else output, exit_layer)
+
+        handles.append(layers[exit_layer - 1].register_forward_hook(after))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _find_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The model's transformer layers: the ModuleList of ``num_hidden_layers`` blocks."""
+    expected = model.config.get_text_config().num_hidden_layers
+    for module in model.base_model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == expected:
+            return module
+    raise UnsupportedBackboneError(f"no ModuleList of {expected} layers in {type(model).__name__}")
+
+
+def _head_transform(model: PreTrainedModel, kind: BackboneKind) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the model applies to a hidden state before the vocabulary projection."""
+    if kind == "causal":
+        norm = getattr(model.base_model, "norm", None) or getattr(model.base_model, "final_layernorm", None)
+        if norm is None:
+            raise UnsupportedBackboneError(f"{type(model).__name__}: no final norm found")
+        return norm  # type: ignore[no-any-return]
+    lm_head = getattr(model, "lm_head", None)  # RoBERTa family: dense -> gelu -> layer_norm
+    if lm_head is not None and hasattr(lm_head, "dense") and hasattr(lm_head, "layer_norm"):
+        return lambda h: lm_head.layer_norm(nn.functional.gelu(lm_head.dense(h)))
+    predictions = getattr(getattr(model, "cls", None), "predictions", None)  # BERT family
+    if predictions is not None and hasattr(predictions, "transform"):
+        return predictions.transform  # type: ignore[no-any-return]
+    raise UnsupportedBackboneError(f"{type(model).__name__}: unknown masked-LM head layout")

@@ -1,0 +1,62 @@
+"""Exit information: which exits of the backbone got an example right, and how surely.
+
+For a labelled example with gold class ``y`` the exit information is the list of
+``(l, p_l)`` for every exit ``l`` whose argmax class is ``y``, ``p_l`` being that
+exit's max probability (``../shared/RAEE.md`` §2). Examples no exit gets right
+have an empty list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    layers: tuple[int, ...]
+    probs: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.layers) != len(self.probs):
+            raise ValueError("exit info: layers and probs differ in length")
+
+    @classmethod
+    def from_probabilities(cls, probabilities: np.ndarray, gold: int) -> ExitInfo:
+        """``probabilities`` is one example's ``(L + 1, C)`` array of label-word probabilities."""
+        predictions = probabilities.argmax(axis=-1)
+        layers = np.flatnonzero(predictions == gold)
+        confidences = probabilities.max(axis=-1)[layers]
+        return cls(tuple(int(layer) for layer in layers), tuple(float(p) for p in confidences))
+
+
+@dataclass
+class ExitStats:
+    """Running training statistics of an ingest: per-exit accuracy and the oracle share."""
+
+    num_exits: int
+    examples: int = 0
+    with_correct_exit: int = 0
+
+    def __post_init__(self) -> None:
+        self.correct_per_exit = np.zeros(self.num_exits, dtype=np.int64)
+
+    def add(self, info: ExitInfo) -> None:
+        self.examples += 1
+        self.with_correct_exit += bool(info.layers)
+        self.correct_per_exit[list(info.layers)] += 1
+
+    def accuracy_per_exit(self) -> list[float]:
+        if self.examples == 0:
+            return [0.0] * self.num_exits
+        return [100.0 * float(c) / self.examples for c in self.correct_per_exit]
+
+    def to_dict(self) -> dict[str, object]:
+        per_exit = self.accuracy_per_exit()
+        return {
+            "examples": self.examples,
+            "with_correct_exit_pct": 100.0 * self.with_correct_exit / max(self.examples, 1),
+            "accuracy_per_exit_pct": per_exit,
+            "full_model_accuracy_pct": per_exit[-1],
+        }

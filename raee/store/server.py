@@ -1,0 +1,203 @@
+"""Exit store on a Qdrant server or cluster, through qdrant-client.
+
+Each version is a collection ``raee-<task>--<version>`` whose collection
+metadata holds the version's description; the alias ``raee-<task>`` points at
+the current one. Publishing swaps the alias in one atomic request, then deletes
+the previous collection. Several writers (an Indexed Job's pods) may fill the
+same version by passing its id; the one that publishes does so after all of them
+finished. The same code runs against qdrant-client's local mode (``path=``),
+which is what the tests use: no Qdrant server can be installed here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from raee.store.base import (
+    ExitRecord,
+    ExitStore,
+    Neighbour,
+    SearchResult,
+    StoreError,
+    StoreUnavailableError,
+    TaskNotFoundError,
+    TaskVersion,
+    VersionMeta,
+    VersionWriter,
+    check_task_name,
+    new_version_id,
+)
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "raee-"
+SEPARATOR = "--"
+META_KEY = "raee"
+T = TypeVar("T")
+
+
+def alias_name(task: str) -> str:
+    return PREFIX + task
+
+
+def collection_name(task: str, version: str) -> str:
+    return f"{PREFIX}{task}{SEPARATOR}{version}"
+
+
+class QdrantExitStore(ExitStore):
+    """``client`` is any :class:`QdrantClient`: remote (``url=``) or local mode (``path=``)."""
+
+    def __init__(
+        self,
+        client: QdrantClient,
+        *,
+        location: str,
+        exact: bool = True,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+    ) -> None:
+        self.client = client
+        self.location = location
+        self.exact = exact
+        self.shard_number = shard_number
+        self.replication_factor = replication_factor
+        self._info_by_collection: dict[str, TaskVersion] = {}
+
+    def begin_version(self, task: str, dim: int, version: str | None = None) -> VersionWriter:
+        check_task_name(task)
+        name = collection_name(task, version or new_version_id())
+        joining = version is not None and _call(lambda: self.client.collection_exists(name))
+        if not joining:
+            _call(
+                lambda: self.client.create_collection(
+                    name,
+                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                    shard_number=self.shard_number,
+                    replication_factor=self.replication_factor,
+                    metadata={META_KEY: {"task": task, "state": "writing"}},
+                )
+            )
+        return _QdrantVersionWriter(self, task, name.rsplit(SEPARATOR, 1)[1], dim)
+
+    def get_task(self, task: str) -> TaskVersion:
+        return self._info(self._resolve(task), task)
+
+    def list_tasks(self) -> list[TaskVersion]:
+        aliases = _call(lambda: self.client.get_aliases().aliases)
+        current = sorted(
+            (a.alias_name.removeprefix(PREFIX), a.collection_name)
+            for a in aliases
+            if a.alias_name.startswith(PREFIX)
+        )
+        return [self._info(collection, task) for task, collection in current]
+
+    def search(self, task: str, vectors: np.ndarray, k: int) -> SearchResult:
+        for attempt in range(2):
+            collection = self._resolve(task)
+            try:
+                hits = self._query(collection, vectors, k)
+            except UnexpectedResponse as exc:
+                # A version swapped and deleted between resolving and querying: resolve again.
+                if exc.status_code != 404 or attempt:
+                    raise StoreError(f"search in {collection}: {exc}") from exc
+                continue
+            return SearchResult(version=self._info(collection, task), neighbours=hits)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _resolve(self, task: str) -> str:
+        alias = alias_name(check_task_name(task))
+        for entry in _call(lambda: self.client.get_aliases().aliases):
+            if entry.alias_name == alias:
+                return str(entry.collection_name)
+        raise TaskNotFoundError(task)
+
+    def _info(self, collection: str, task: str) -> TaskVersion:
+        cached = self._info_by_collection.get(collection)
+        if cached is None:
+            metadata = _call(lambda: self.client.get_collection(collection).config.metadata) or {}
+            description = metadata.get(META_KEY, {}).get("version")
+            if description is None:
+                raise StoreError(f"collection {collection} of task {task!r} has no RAEE metadata")
+            cached = TaskVersion.from_dict(description)
+            self._info_by_collection[collection] = cached
+        return cached
+
+    def _query(self, collection: str, vectors: np.ndarray, k: int) -> list[list[Neighbour]]:
+        params = models.SearchParams(exact=self.exact)
+        requests = [
+            models.QueryRequest(query=row.tolist(), limit=k, with_payload=True, params=params)
+            for row in np.asarray(vectors, dtype=np.float32)
+        ]
+        responses = _call(lambda: self.client.query_batch_points(collection, requests=requests))
+        return [
+            [Neighbour.from_payload(int(p.id), p.score, p.payload or {}) for p in response.points]
+            for response in responses
+        ]
+
+
+class _QdrantVersionWriter(VersionWriter):
+    def __init__(self, store: QdrantExitStore, task: str, version: str, dim: int) -> None:
+        super().__init__(task, version, dim)
+        self.store = store
+        self.collection = collection_name(task, version)
+
+    def add(self, records: Sequence[ExitRecord]) -> None:
+        if not records:
+            return
+        self._check_vectors(records)
+        points = [
+            models.PointStruct(id=r.point_id, vector=r.vector.tolist(), payload=r.payload()) for r in records
+        ]
+        client = self.store.client
+        _call(lambda: client.upsert(self.collection, points=points, wait=True))
+
+    def publish(self, meta: VersionMeta) -> TaskVersion:
+        client = self.store.client
+        points = _call(lambda: client.count(self.collection, exact=True).count)
+        info = TaskVersion.build(self.task, self.version, meta, self.dim, points)
+        metadata = {META_KEY: {"task": self.task, "state": "published", "version": info.to_dict()}}
+        _call(lambda: client.update_collection(self.collection, metadata=metadata))
+        alias = alias_name(self.task)
+        previous = [
+            a.collection_name for a in _call(lambda: client.get_aliases().aliases) if a.alias_name == alias
+        ]
+        operations: list[Any] = [
+            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)) for _ in previous
+        ]
+        operations.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=self.collection, alias_name=alias)
+            )
+        )
+        _call(lambda: client.update_collection_aliases(change_aliases_operations=operations))
+        self.published = info
+        for old in previous:
+            if old != self.collection:
+                _delete_collection(client, old)
+        return info
+
+    def discard(self) -> None:
+        _delete_collection(self.store.client, self.collection)
+
+
+def _delete_collection(client: QdrantClient, name: str) -> None:
+    _call(lambda: client.delete_collection(name))
+
+
+def _call(operation: Callable[[], T]) -> T:
+    """Run a client call, turning connection failures into :class:`StoreUnavailableError`."""
+    try:
+        return operation()
+    except (ResponseHandlingException, ConnectionError, TimeoutError) as exc:
+        raise StoreUnavailableError(f"Qdrant is unreachable: {exc}") from exc
