@@ -1,33 +1,42 @@
-"""The ``raee`` command line: ingest tasks, list them, run the demo."""
+"""The ``raee`` command line.
+
+raee demo                        the main job: serve, ingest the demo task, classify over gRPC
+raee ingest --task-spec ...      publish a task's exit information
+raee tasks                       list published tasks
+raee serve retrieval|inference   run one service
+raee up                          run both services on the embedded store
+raee classify --task T TEXT...   classify over gRPC
+raee prepare                     convert and cache the backbone, check the encoder
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
-from importlib.resources import files
 from pathlib import Path
 
 from raee.data import DataError, read_examples
-from raee.model_loading import DEFAULT_BACKBONE
+from raee.demo import DEMO_DIR
+from raee.encoder import DEFAULT_ENCODER
+from raee.logs import configure_logging
+from raee.model_loading import DEFAULT_BACKBONE, BackboneLoadError
+from raee.serving import config as service_config
+from raee.store import StoreError, TaskNotFoundError
 from raee.tasks import TaskSpec, TaskSpecError
 
-DEMO_DIR = Path(str(files("raee") / "demo"))
+__all__ = ["DEMO_DIR", "build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("RAEE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    args = build_parser().parse_args(argv)
+    configure_logging()
     try:
         return int(args.handler(args))
-    except (TaskSpecError, DataError, ValueError) as exc:
+    except (TaskSpecError, DataError, StoreError, TaskNotFoundError, BackboneLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -36,32 +45,64 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raee", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="raee", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    ingest = commands.add_parser("ingest", help="probe the backbone over labelled data and publish a task")
-    _add_spec_flags(ingest)
+    demo = commands.add_parser("demo", help="the main job, on the embedded store")
+    _store_flags(demo, url=False)
+    _model_flags(demo)
+    demo.set_defaults(handler=_demo)
+
+    ingest = commands.add_parser("ingest", help="probe the backbone over labelled data; publish the task")
+    _spec_flags(ingest)
     ingest.add_argument("--data", required=True, type=Path, help="JSONL, CSV or TSV with text and label")
-    _add_store_flags(ingest)
-    _add_model_flags(ingest)
+    _store_flags(ingest)
+    _model_flags(ingest)
     ingest.add_argument("--batch-size", type=int, default=16, help="examples per forward pass (16)")
-    ingest.add_argument("--skip-invalid", action="store_true", help="ingest valid rows, skip the rest")
+    ingest.add_argument("--skip-invalid", action="store_true", help="ingest the valid rows, skip the rest")
     ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
     ingest.set_defaults(handler=_ingest)
 
     tasks = commands.add_parser("tasks", help="list published tasks")
-    _add_store_flags(tasks)
+    _store_flags(tasks)
     tasks.add_argument("--json", action="store_true", help="machine-readable output")
     tasks.set_defaults(handler=_tasks)
 
-    demo = commands.add_parser("demo", help="the main job on the embedded store: ingest the demo task")
-    _add_store_flags(demo)
-    _add_model_flags(demo)
-    demo.set_defaults(handler=_demo)
+    serve = commands.add_parser("serve", help="run one service").add_subparsers(
+        required=True, metavar="SERVICE"
+    )
+    retrieval = serve.add_parser("retrieval", help="the retrieval service (exit distributions)")
+    service_config.add_flags(retrieval, service_config.RetrievalConfig)
+    retrieval.set_defaults(handler=_serve_retrieval)
+    inference = serve.add_parser("inference", help="the inference worker (truncated backbone)")
+    service_config.add_flags(inference, service_config.InferenceConfig)
+    inference.set_defaults(handler=_serve_inference)
+
+    up = commands.add_parser("up", help="both services in one process, on the embedded store")
+    _store_flags(up, url=False)
+    up.add_argument("--retrieval-port", type=int, default=None, help="(50051)")
+    up.add_argument("--inference-port", type=int, default=None, help="(50052)")
+    up.set_defaults(handler=_up)
+
+    classify = commands.add_parser("classify", help="classify texts through the inference worker")
+    classify.add_argument("--task", required=True)
+    classify.add_argument("--addr", default="localhost:50052", help="inference worker host:port")
+    classify.add_argument("--mode", default="raee", choices=["raee", "full", "fixed"])
+    classify.add_argument("--layer", type=int, default=None, help="exit layer for --mode fixed")
+    classify.add_argument("--k", type=int, default=None, help="neighbours (service default 12)")
+    classify.add_argument("--json", action="store_true", help="machine-readable output")
+    classify.add_argument("texts", nargs="+", metavar="TEXT")
+    classify.set_defaults(handler=_classify)
+
+    prepare = commands.add_parser("prepare", help="convert and cache the backbone, check the encoder")
+    _model_flags(prepare)
+    prepare.set_defaults(handler=_prepare)
     return parser
 
 
-def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
+def _spec_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("task spec (a file, or flags)")
     group.add_argument("--task-spec", type=Path, help="YAML or JSON task spec")
     group.add_argument("--task", help="task name (with --template and --label)")
@@ -70,25 +111,20 @@ def _add_spec_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--metric", default="accuracy", choices=["accuracy", "matthews_corrcoef"])
 
 
-def _add_store_flags(parser: argparse.ArgumentParser) -> None:
+def _store_flags(parser: argparse.ArgumentParser, *, url: bool = True) -> None:
     group = parser.add_argument_group("exit store (embedded by default)")
     where = group.add_mutually_exclusive_group()
-    where.add_argument("--store-url", help="Qdrant URL (or $RAEE_QDRANT_URL); local:PATH for local mode")
-    where.add_argument("--home", type=Path, help="data folder of the embedded store ($RAEE_HOME, ./.raee)")
+    if url:
+        where.add_argument("--store-url", help="Qdrant URL ($RAEE_QDRANT_URL); local:PATH for local mode")
+    where.add_argument("--home", type=Path, help="embedded store's data folder ($RAEE_HOME, ./.raee)")
 
 
-def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = service_config.load(service_config.InferenceConfig)
+    encoder = service_config.load(service_config.RetrievalConfig).encoder
     group = parser.add_argument_group("models")
-    group.add_argument(
-        "--backbone",
-        default=os.environ.get("RAEE_BACKBONE", DEFAULT_BACKBONE),
-        help="gemma-3-270m (default), a .gguf file, a folder or a hub id",
-    )
-    group.add_argument(
-        "--encoder",
-        default=os.environ.get("RAEE_ENCODER", "all-MiniLM-L6-v2"),
-        help="sentence-transformers model (default all-MiniLM-L6-v2, shipped on PyPI)",
-    )
+    group.add_argument("--backbone", default=defaults.backbone, help=f"({DEFAULT_BACKBONE}; $RAEE_BACKBONE)")
+    group.add_argument("--encoder", default=encoder, help=f"({DEFAULT_ENCODER}; $RAEE_ENCODER)")
 
 
 def _spec_from_args(args: argparse.Namespace) -> TaskSpec:
@@ -102,24 +138,17 @@ def _spec_from_args(args: argparse.Namespace) -> TaskSpec:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    spec = _spec_from_args(args)
-    return _run_ingest(spec, args.data, args, skip_invalid=args.skip_invalid, progress=not args.no_progress)
-
-
-def _run_ingest(
-    spec: TaskSpec, data: Path, args: argparse.Namespace, *, skip_invalid: bool, progress: bool
-) -> int:
-    examples, errors = read_examples(data, spec)
-    if errors and (not skip_invalid or not examples):
-        raise DataError(errors)
-    for error in errors:
-        logging.getLogger("raee.ingest").warning("skipped %s", error)
-
     from ingest import render_summary, run_ingest
     from raee.backbone import Backbone
     from raee.encoder import QueryEncoder
     from raee.store import open_store
 
+    spec = _spec_from_args(args)
+    examples, errors = read_examples(args.data, spec)
+    if errors and (not args.skip_invalid or not examples):
+        raise DataError(errors)
+    for error in errors:
+        logging.getLogger("raee.ingest").warning("skipped %s", error)
     backbone = Backbone.load(args.backbone)
     encoder = QueryEncoder(args.encoder)
     store = open_store(args.store_url, home=args.home)
@@ -130,10 +159,10 @@ def _run_ingest(
             backbone=backbone,
             encoder=encoder,
             store=store,
-            batch_size=getattr(args, "batch_size", 16),
+            batch_size=args.batch_size,
             skipped=len(errors),
-            progress=progress,
-            extra_stats={"data_file": str(data)},
+            progress=not args.no_progress,
+            extra_stats={"data_file": str(args.data)},
         )
     finally:
         store.close()
@@ -160,8 +189,88 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    spec = TaskSpec.from_file(DEMO_DIR / "task.yaml")
-    return _run_ingest(spec, DEMO_DIR / "train.jsonl", args, skip_invalid=False, progress=True)
+    from raee.demo import run_demo
+
+    return asyncio.run(run_demo(args.home, args.backbone, args.encoder))
+
+
+def _serve_retrieval(args: argparse.Namespace) -> int:
+    from retrieval_service.server import serve
+
+    asyncio.run(serve(service_config.load(service_config.RetrievalConfig, args)))
+    return 0
+
+
+def _serve_inference(args: argparse.Namespace) -> int:
+    from inference_service.server import serve
+
+    asyncio.run(serve(service_config.load(service_config.InferenceConfig, args)))
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    retrieval = service_config.load(
+        service_config.RetrievalConfig, None, port=args.retrieval_port, home=args.home and str(args.home)
+    )
+    inference = service_config.load(service_config.InferenceConfig, None, port=args.inference_port)
+    asyncio.run(_run_up(retrieval, inference))
+    return 0
+
+
+async def _run_up(
+    retrieval: service_config.RetrievalConfig, inference: service_config.InferenceConfig
+) -> None:
+    from raee.pair import start_pair
+    from raee.serving.metrics import serve_metrics
+    from raee.serving.server import wait_for_shutdown_signal
+
+    serve_metrics(retrieval.metrics_port)
+    pair = await start_pair(retrieval, inference)
+    print(
+        f"raee up: inference worker on {pair.inference_address}, retrieval service on "
+        f"{pair.retrieval_address}, metrics on :{retrieval.metrics_port}; Ctrl-C stops",
+        flush=True,
+    )
+    await wait_for_shutdown_signal()
+    await pair.stop(inference.grace_s)
+
+
+def _classify(args: argparse.Namespace) -> int:
+    return asyncio.run(_run_classify(args))
+
+
+async def _run_classify(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from raee.client import InferenceClient
+
+    async with InferenceClient(args.addr) as client:
+        for text in args.texts:
+            try:
+                answer = await client.classify(args.task, text, args.mode, args.layer, args.k)
+            except grpc.aio.AioRpcError as error:
+                print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+                return 1
+            if args.json:
+                print(json.dumps(MessageToDict(answer, preserving_proto_field_name=True)))
+                continue
+            note = f"  DEGRADED ({answer.degraded_reason})" if answer.degraded else ""
+            print(
+                f"{answer.label}\texit {answer.exit_layer}/{answer.num_layers}\t"
+                f"retrieval {answer.retrieval_ms:.1f} ms\tforward {answer.forward_ms:.1f} ms\t{text}{note}"
+            )
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from raee.backbone import Backbone
+    from raee.encoder import QueryEncoder
+
+    backbone = Backbone.load(args.backbone)
+    encoder = QueryEncoder(args.encoder)
+    print(f"backbone {backbone.id} ready\nencoder {encoder.id} ready")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

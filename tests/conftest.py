@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
 
 from raee.backbone import Backbone
-from raee.cli import DEMO_DIR
+from raee.demo import DEMO_DIR
 from raee.encoder import QueryEncoder
 from raee.store import ExitStore, open_store
 from raee.tasks import TaskSpec

@@ -1,0 +1,346 @@
+"""The inference worker: one retrieval call per micro-batch, one truncated forward pass per exit group.
+
+For a batch of requests the worker
+
+1. resolves each task's spec (cached for ``task_ttl_s``, refreshed when the
+   retrieval service reports a newer version) and refuses tasks ingested with
+   another backbone;
+2. asks the retrieval service for the exit layers of all RAEE requests in one
+   ``BatchGetExitDistribution`` call; if that call fails or is too slow, those
+   requests run at full depth and are marked ``degraded``;
+3. groups requests by (task, exit layer) and runs the backbone once per group,
+   only up to that layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import grpc
+import numpy as np
+
+from raee.backbone import Backbone, TaskProbe
+from raee.serving.errors import (
+    BackboneMismatchError,
+    InvalidArgumentError,
+    StatusError,
+    UpstreamUnavailableError,
+)
+from raee.serving.metrics import BATCH_GROUPS, BATCH_SIZE, DEGRADED, EXIT_LAYER, GROUP_SIZE
+from raee.store import TaskNotFoundError
+from raee.tasks import TaskSpec
+from raee.v1 import retrieval_pb2, retrieval_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+
+class Mode(IntEnum):  # mirrors raee.v1.Mode
+    RAEE = 1
+    FULL = 2
+    FIXED = 3
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    task: str
+    text: str
+    mode: Mode
+    layer: int | None = None
+    k: int | None = None
+    include_distribution: bool = False
+
+
+@dataclass
+class Outcome:
+    label: str
+    label_index: int
+    probabilities: list[float]
+    exit_layer: int
+    num_layers: int
+    retrieval_ms: float = 0.0
+    forward_ms: float = 0.0
+    degraded: bool = False
+    degraded_reason: str = ""
+    fallback: int = 0
+    distribution: list[float] = field(default_factory=list)
+    task_version: str = ""
+    batch_group_size: int = 1
+
+
+@dataclass(frozen=True)
+class _Task:
+    spec: TaskSpec
+    version: str
+    backbone_id: str
+    fetched_at: float
+
+
+@dataclass
+class _Plan:
+    """What the batch decided for one item before the forward pass."""
+
+    task: _Task
+    exit_layer: int
+    outcome_fields: dict[str, object] = field(default_factory=dict)
+
+
+class InferenceWorker:
+    def __init__(
+        self,
+        backbone: Backbone,
+        retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
+        *,
+        retrieval_timeout_s: float = 1.0,
+        task_ttl_s: float = 5.0,
+    ) -> None:
+        self.backbone = backbone
+        self.retrieval = retrieval
+        self.retrieval_timeout_s = retrieval_timeout_s
+        self.task_ttl_s = task_ttl_s
+        self._tasks: dict[str, _Task] = {}
+        self._probes: dict[tuple[str, str], TaskProbe] = {}
+        # Torch already uses every core: one forward pass at a time.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def process(self, items: Sequence[WorkItem]) -> list[Outcome | BaseException]:
+        BATCH_SIZE.observe(len(items))
+        results: list[Outcome | BaseException | None] = [None] * len(items)
+        tasks = await self._resolve_tasks({item.task for item in items})
+        plans: dict[int, _Plan] = {}
+        raee_items: list[int] = []
+        for index, item in enumerate(items):
+            resolved = tasks[item.task]
+            if isinstance(resolved, BaseException):
+                results[index] = resolved
+            elif item.mode is Mode.RAEE:
+                raee_items.append(index)
+            else:
+                try:
+                    plans[index] = _Plan(resolved, self._static_exit(item))
+                except InvalidArgumentError as error:
+                    results[index] = error
+        if raee_items:
+            await self._plan_raee(items, raee_items, tasks, plans, results)
+        await self._forward(items, plans, results)
+        return [r if r is not None else RuntimeError("request was not processed") for r in results]
+
+    # -- step 1: task specs -------------------------------------------------------------
+
+    async def _resolve_tasks(self, names: set[str]) -> dict[str, _Task | BaseException]:
+        resolved: dict[str, _Task | BaseException] = {}
+        for name in names:
+            try:
+                task = await self._task(name)
+                if task.backbone_id != str(self.backbone.id):
+                    raise BackboneMismatchError(
+                        f"task {name!r} was ingested with backbone {task.backbone_id}; "
+                        f"this worker serves {self.backbone.id}"
+                    )
+                resolved[name] = task
+            except Exception as error:
+                resolved[name] = error
+        return resolved
+
+    async def _task(self, name: str) -> _Task:
+        cached = self._tasks.get(name)
+        if cached is not None and time.monotonic() - cached.fetched_at < self.task_ttl_s:
+            return cached
+        try:
+            info = await self.retrieval.GetTask(
+                retrieval_pb2.GetTaskRequest(task=name), timeout=self.retrieval_timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                self._tasks.pop(name, None)
+                raise TaskNotFoundError(name) from None
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise StatusError(error.code(), error.details() or "invalid task") from None
+            if cached is not None:  # retrieval is down: keep serving what we know
+                return cached
+            raise UpstreamUnavailableError(
+                f"task {name!r}: the retrieval service is unavailable ({error.code().name})"
+            ) from None
+        spec = TaskSpec.parse(
+            {
+                "name": info.spec.name,
+                "template": info.spec.template,
+                "labels": [{"name": label.name, "word": label.word} for label in info.spec.labels],
+                "metric": info.spec.metric,
+            },
+            source=f"task {name}",
+        )
+        task = _Task(spec, info.version, info.backbone_id, time.monotonic())
+        self._tasks[name] = task
+        return task
+
+    def _static_exit(self, item: WorkItem) -> int:
+        if item.mode is Mode.FULL:
+            return self.backbone.num_layers
+        if item.layer is None:
+            raise InvalidArgumentError("layer", "is required with MODE_FIXED")
+        if not 0 <= item.layer <= self.backbone.num_layers:
+            raise InvalidArgumentError("layer", f"{item.layer} is outside 0..{self.backbone.num_layers}")
+        return item.layer
+
+    # -- step 2: exit layers from the retrieval service ---------------------------------
+
+    async def _plan_raee(
+        self,
+        items: Sequence[WorkItem],
+        indices: list[int],
+        tasks: dict[str, _Task | BaseException],
+        plans: dict[int, _Plan],
+        results: list[Outcome | BaseException | None],
+    ) -> None:
+        request = retrieval_pb2.BatchExitDistributionRequest(
+            requests=[
+                retrieval_pb2.ExitDistributionRequest(task=items[i].task, text=items[i].text, k=items[i].k)
+                for i in indices
+            ]
+        )
+        started = time.perf_counter()
+        try:
+            response = await self.retrieval.BatchGetExitDistribution(
+                request, timeout=self.retrieval_timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            reason = f"retrieval {error.code().name}: {error.details()}"
+            DEGRADED.labels(error.code().name.lower()).inc()
+            logger.warning("answering %d requests at full depth: %s", len(indices), reason)
+            for i in indices:
+                task = tasks[items[i].task]
+                assert isinstance(task, _Task)
+                plans[i] = _Plan(
+                    task, self.backbone.num_layers, {"degraded": True, "degraded_reason": reason}
+                )
+            return
+        retrieval_ms = 1000 * (time.perf_counter() - started)
+        for i, result in zip(indices, response.results, strict=True):
+            task = tasks[items[i].task]
+            assert isinstance(task, _Task)
+            if result.HasField("error"):
+                results[i] = StatusError.from_code_value(result.error.code, result.error.message)
+                continue
+            answer = result.response
+            if answer.task_version != task.version:
+                self._tasks.pop(items[i].task, None)  # a new version: refresh the spec next batch
+            if answer.backbone_id != str(self.backbone.id):
+                results[i] = BackboneMismatchError(
+                    f"task {items[i].task!r} is now ingested with backbone {answer.backbone_id}; "
+                    f"this worker serves {self.backbone.id}"
+                )
+                continue
+            fields: dict[str, object] = {
+                "retrieval_ms": retrieval_ms,
+                "fallback": answer.fallback,
+                "task_version": answer.task_version,
+            }
+            if items[i].include_distribution:
+                fields["distribution"] = list(answer.distribution)
+            plans[i] = _Plan(task, int(answer.exit_layer), fields)
+
+    # -- step 3: truncated forward passes -----------------------------------------------
+
+    async def _forward(
+        self,
+        items: Sequence[WorkItem],
+        plans: dict[int, _Plan],
+        results: list[Outcome | BaseException | None],
+    ) -> None:
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for index, plan in plans.items():
+            groups[(items[index].task, plan.exit_layer)].append(index)
+        BATCH_GROUPS.observe(len(groups))
+        loop = asyncio.get_running_loop()
+        for (task_name, exit_layer), indices in groups.items():
+            GROUP_SIZE.observe(len(indices))
+            task = plans[indices[0]].task
+            probe = self._probe(task_name, task)
+            texts = [items[i].text for i in indices]
+            try:
+                probabilities, forward_ms, too_long = await loop.run_in_executor(
+                    self._executor, _predict, probe, texts, exit_layer
+                )
+            except Exception as error:
+                for i in indices:
+                    results[i] = error
+                continue
+            for position, i in enumerate(indices):
+                if position in too_long:
+                    results[i] = too_long[position]
+                    continue
+                mode = items[i].mode.name.lower()
+                EXIT_LAYER.labels("inference", mode).observe(exit_layer)
+                results[i] = _outcome(
+                    task,
+                    probabilities[position],
+                    exit_layer,
+                    self.backbone.num_layers,
+                    plans[i],
+                    forward_ms,
+                    len(indices),
+                )
+
+    def _probe(self, name: str, task: _Task) -> TaskProbe:
+        key = (name, task.version)
+        probe = self._probes.get(key)
+        if probe is None:
+            for stale in [k for k in self._probes if k[0] == name]:
+                del self._probes[stale]
+            probe = self.backbone.for_task(task.spec)
+            self._probes[key] = probe
+        return probe
+
+
+def _predict(
+    probe: TaskProbe, texts: list[str], exit_layer: int
+) -> tuple[np.ndarray, float, dict[int, InvalidArgumentError]]:
+    """Run one group; texts over the token limit fail alone instead of failing the group."""
+    limit = probe.backbone.max_tokens
+    lengths = probe.token_lengths(texts)
+    too_long = {
+        i: InvalidArgumentError("text", f"the prompt is {length} tokens, more than the limit of {limit}")
+        for i, length in enumerate(lengths)
+        if length > limit
+    }
+    keep = [i for i in range(len(texts)) if i not in too_long]
+    started = time.perf_counter()
+    probabilities = np.zeros((len(texts), probe.spec.num_labels), dtype=np.float32)
+    if keep:
+        probabilities[keep] = probe.predict_at([texts[i] for i in keep], exit_layer)
+    return probabilities, 1000 * (time.perf_counter() - started), too_long
+
+
+def _outcome(
+    task: _Task,
+    probabilities: np.ndarray,
+    exit_layer: int,
+    num_layers: int,
+    plan: _Plan,
+    forward_ms: float,
+    group: int,
+) -> Outcome:
+    label_index = int(np.argmax(probabilities))
+    outcome = Outcome(
+        label=task.spec.label_names[label_index],
+        label_index=label_index,
+        probabilities=[float(p) for p in probabilities],
+        exit_layer=exit_layer,
+        num_layers=num_layers,
+        forward_ms=forward_ms,
+        task_version=task.version,
+        batch_group_size=group,
+    )
+    for name, value in plan.outcome_fields.items():
+        setattr(outcome, name, value)
+    return outcome

@@ -1,0 +1,59 @@
+"""A small client of the InferenceService, used by ``raee classify``, the demo and the benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+
+from grpc import aio
+
+from raee.v1 import inference_pb2, inference_pb2_grpc
+
+MODES = {"raee": inference_pb2.MODE_RAEE, "full": inference_pb2.MODE_FULL, "fixed": inference_pb2.MODE_FIXED}
+
+
+def classify_request(
+    task: str, text: str, mode: str = "raee", layer: int | None = None, k: int | None = None
+) -> inference_pb2.ClassifyRequest:
+    if mode not in MODES:
+        raise ValueError(f"mode: {mode!r} is not one of {sorted(MODES)}")
+    return inference_pb2.ClassifyRequest(task=task, text=text, mode=MODES[mode], layer=layer, k=k)
+
+
+class InferenceClient:
+    """``async with InferenceClient("localhost:50052") as client: await client.classify(...)``."""
+
+    def __init__(self, address: str, *, timeout_s: float = 30.0) -> None:
+        self.channel = aio.insecure_channel(address)
+        self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
+        self.timeout_s = timeout_s
+
+    async def classify(
+        self, task: str, text: str, mode: str = "raee", layer: int | None = None, k: int | None = None
+    ) -> inference_pb2.ClassifyResponse:
+        response: inference_pb2.ClassifyResponse = await self.stub.Classify(
+            classify_request(task, text, mode, layer, k), timeout=self.timeout_s
+        )
+        return response
+
+    async def classify_batch(
+        self, task: str, texts: Sequence[str], mode: str = "raee", layer: int | None = None
+    ) -> inference_pb2.ClassifyBatchResponse:
+        request = inference_pb2.ClassifyBatchRequest(
+            requests=[classify_request(task, text, mode, layer) for text in texts]
+        )
+        response: inference_pb2.ClassifyBatchResponse = await self.stub.ClassifyBatch(
+            request, timeout=self.timeout_s
+        )
+        return response
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> InferenceClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

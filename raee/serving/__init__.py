@@ -1,0 +1,1 @@
+"""What both gRPC services share: error mapping, interceptors, configuration, server lifecycle."""

@@ -1,0 +1,46 @@
+"""Prometheus metrics of both services (one registry a process; names say which service)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUEST_SECONDS = Histogram(
+    "raee_grpc_request_seconds",
+    "gRPC request latency by method and status code",
+    ["method", "code"],
+    buckets=LATENCY_BUCKETS,
+)
+EXIT_LAYER = Histogram(
+    "raee_exit_layer",
+    "Exit layer chosen, by service and mode",
+    ["service", "mode"],
+    buckets=tuple(range(0, 65)),
+)
+FALLBACKS = Counter("raee_retrieval_fallbacks_total", "Queries answered at full depth, by reason", ["reason"])
+RETRIEVAL_STAGE_SECONDS = Histogram(
+    "raee_retrieval_stage_seconds", "Retrieval time by stage", ["stage"], buckets=LATENCY_BUCKETS
+)
+BATCH_SIZE = Histogram(
+    "raee_inference_batch_size", "Requests per micro-batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)
+BATCH_GROUPS = Histogram(
+    "raee_inference_batch_groups",
+    "Forward passes per micro-batch (one per task and exit layer)",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+)
+GROUP_SIZE = Histogram(
+    "raee_inference_group_size",
+    "Requests sharing one truncated forward pass",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+DEGRADED = Counter(
+    "raee_inference_degraded_total", "Requests answered at full depth without retrieval", ["reason"]
+)
+
+
+def serve_metrics(port: int) -> None:
+    """Expose ``/metrics`` on ``port`` (0 disables)."""
+    if port:
+        start_http_server(port)

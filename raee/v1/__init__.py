@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of proto/raee/v1 (scripts/gen_protos.py)."""

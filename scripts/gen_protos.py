@@ -1,0 +1,49 @@
+"""Generate the Python stubs of proto/ into raee/v1 (committed; tests/test_protos.py checks they are fresh).
+
+python scripts/gen_protos.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_DIR = ROOT / "proto"
+
+
+def generate(out: Path) -> list[Path]:
+    protos = sorted(PROTO_DIR.glob("raee/v1/*.proto"))
+    include = str(files("grpc_tools") / "_proto")
+    args = [
+        "protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{include}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
+        *(str(p.relative_to(PROTO_DIR)) for p in protos),
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    package = out / "raee" / "v1"
+    (package / "__init__.py").write_text(
+        '"""Generated gRPC stubs of proto/raee/v1 (scripts/gen_protos.py)."""\n'
+    )
+    return sorted(package.iterdir())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=ROOT)
+    generated = generate(parser.parse_args().out)
+    print("\n".join(str(p) for p in generated), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The ingest job end to end, with the real Gemma backbone and MiniLM encoder."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest import length_sorted_batches, run_ingest
+from raee.backbone import Backbone
+from raee.data import read_examples
+from raee.demo import DEMO_DIR, main
+from raee.encoder import QueryEncoder
+from raee.exit_info import ExitInfo
+from raee.store import open_store
+from raee.tasks import TaskSpec
+
+
+def test_length_sorted_batches_cover_every_index_once() -> None:
+    batches = length_sorted_batches([5, 1, 9, 3, 3, 7], batch_size=4)
+    assert [b.tolist() for b in batches] == [[1, 3, 4, 0], [5, 2]]
+
+
+def test_demo_ingest_publishes_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--home", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "task demo-sentiment: published version" in out
+    assert "points              48" in out
+    assert "with a correct exit" in out
+    assert "full-model accuracy" in out
+    store = open_store(home=tmp_path)
+    first = store.get_task("demo-sentiment")
+    assert first.points == 48
+    assert len(first.stats["accuracy_per_exit_pct"]) == 19
+
+    assert main(["demo", "--home", str(tmp_path)]) == 0
+    second = store.get_task("demo-sentiment")
+    assert second.version != first.version
+    assert second.points == 48
+    versions = tmp_path / "tasks" / "demo-sentiment" / "versions"
+    assert [p.name for p in versions.iterdir()] == [second.version]
+
+
+def test_stored_exit_information_matches_the_backbone(
+    gemma: Backbone, encoder: QueryEncoder, demo_spec: TaskSpec, tmp_path: Path
+) -> None:
+    examples, _ = read_examples(DEMO_DIR / "train.jsonl", demo_spec)
+    store = open_store(f"local:{tmp_path / 'qdrant'}")  # the server code path, in local mode
+    result = run_ingest(
+        demo_spec, examples[:20], backbone=gemma, encoder=encoder, store=store, progress=False
+    )
+    assert result.version.points == 20
+    assert result.version.backbone_id == str(gemma.id)
+    probabilities = gemma.for_task(demo_spec).exit_probabilities([e.text for e in examples[:20]])
+    keys = encoder.encode([demo_spec.key_text(e.text) for e in examples[:20]])
+    neighbours = store.search("demo-sentiment", keys, k=1).neighbours
+    for index, hits in enumerate(neighbours):
+        expected = ExitInfo.from_probabilities(probabilities[index], examples[index].label_index)
+        assert hits[0].point_id == index
+        assert hits[0].exit.layers == expected.layers
+        np.testing.assert_allclose(hits[0].exit.probs, expected.probs, atol=1e-5)
+    store.close()
+
+
+def test_invalid_rows_stop_the_ingest_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "fine", "label": "positive"}\n{"text": "meh", "label": "neutral"}\n')
+    args = [
+        "ingest",
+        "--task",
+        "t",
+        "--template",
+        "{text} It was",
+        "--label",
+        "negative=terrible",
+        "--label",
+        "positive=great",
+        "--data",
+        str(data),
+        "--home",
+        str(tmp_path / "home"),
+    ]
+    assert main(args) == 2
+    assert f"{data}:2: unknown label 'neutral'" in capsys.readouterr().err
+    assert not (tmp_path / "home" / "tasks").exists()
+
+    assert main([*args, "--skip-invalid", "--no-progress"]) == 0
+    assert open_store(home=tmp_path / "home").get_task("t").points == 1
+
+
+def test_spec_errors_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "fine", "label": "positive"}\n')
+    assert (
+        main(
+            [
+                "ingest",
+                "--task",
+                "t",
+                "--template",
+                "no slot",
+                "--label",
+                "a",
+                "--label",
+                "b",
+                "--data",
+                str(data),
+                "--home",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    assert "template: must contain the slot {text}" in capsys.readouterr().err
+
+
+def test_killed_ingest_leaves_the_previous_version_served(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    spec_path = DEMO_DIR / "task.yaml"
+    assert (
+        main(
+            [
+                "ingest",
+                "--task-spec",
+                str(spec_path),
+                "--data",
+                str(DEMO_DIR / "train.jsonl"),
+                "--home",
+                str(home),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    store = open_store(home=home)
+    before = store.get_task("demo-sentiment")
+
+    big = tmp_path / "big.jsonl"
+    rows = [json.loads(line) for line in (DEMO_DIR / "train.jsonl").read_text().splitlines()]
+    with big.open("w") as handle:
+        for copy in range(25):
+            for row in rows:
+                handle.write(json.dumps({"text": f"{row['text']} ({copy})", "label": row["label"]}) + "\n")
+    command = [
+        sys.executable,
+        "-m",
+        "raee.cli",
+        "ingest",
+        "--task-spec",
+        str(spec_path),
+        "--data",
+        str(big),
+        "--home",
+        str(home),
+        "--batch-size",
+        "8",
+    ]
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + 240
+    seen = ""
+    while not any(int(done) >= 100 for done in re.findall(r"(\d+)/1200 ", seen)):  # well into the run
+        chunk = process.stderr.read(64)
+        assert chunk and time.monotonic() < deadline, seen[-2000:]
+        seen += chunk
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    after = store.get_task("demo-sentiment")
+    assert after.version == before.version
+    keys = QueryEncoder().encode([after.spec.key_text("i loved every minute of this film .")])
+    assert (
+        store.search("demo-sentiment", keys, k=3).neighbours[0][0].text
+        == "i loved every minute of this film ."
+    )
+
+    # Re-running converges: same count, and the abandoned half version is gone.
+    assert (
+        main(
+            [
+                "ingest",
+                "--task-spec",
+                str(spec_path),
+                "--data",
+                str(DEMO_DIR / "train.jsonl"),
+                "--home",
+                str(home),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    final = store.get_task("demo-sentiment")
+    assert final.points == before.points
+    assert [p.name for p in (home / "tasks" / "demo-sentiment" / "versions").iterdir()] == [final.version]
