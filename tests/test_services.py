@@ -269,7 +269,7 @@ async def test_backbone_mismatch_is_a_failed_precondition(
 ) -> None:
     store = open_store(home=home)
     spec = TaskSpec.from_flags(
-        "other-backbone", demo_spec.template, [f"{l.name}={l.word}" for l in demo_spec.labels]
+        "other-backbone", demo_spec.template, [f"{label.name}={label.word}" for label in demo_spec.labels]
     )
     with store.begin_version(spec.name, encoder.dim) as writer:
         writer.publish(
