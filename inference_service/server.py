@@ -49,9 +49,14 @@ async def start(config: InferenceConfig, *, backbone: Backbone | None = None) ->
     logger.info("inference worker listening on port %d; loading backbone", running.port)
     if backbone is None:
         backbone = await asyncio.to_thread(Backbone.load, config.backbone)
+    # dns:/// with round_robin spreads calls over every retrieval pod behind a headless Service.
+    target = config.retrieval_addr if "://" in config.retrieval_addr else f"dns:///{config.retrieval_addr}"
     channel = aio.insecure_channel(
-        config.retrieval_addr,
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+        target,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.lb_policy_name", "round_robin"),
+        ],
     )
     worker = InferenceWorker(
         backbone,

@@ -1,5 +1,5 @@
 """Batch ingest: run the backbone over a labelled corpus and publish its exit information."""
 
-from ingest.job import IngestResult, length_sorted_batches, render_summary, run_ingest
+from ingest.job import IngestResult, Shard, length_sorted_batches, probe_batch, render_summary, run_ingest
 
-__all__ = ["IngestResult", "length_sorted_batches", "render_summary", "run_ingest"]
+__all__ = ["IngestResult", "Shard", "length_sorted_batches", "probe_batch", "render_summary", "run_ingest"]

@@ -26,14 +26,31 @@ from raee.tasks import TaskSpec
 DEFAULT_BATCH_SIZE = 16
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This writer's part of a sharded ingest: rows with ``row index % count == index``."""
+
+    version: str
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard_index: {self.index} is outside 0..{self.count - 1}")
+
+
 @dataclass
 class IngestResult:
-    version: TaskVersion
+    task: str
+    version_id: str
+    version: TaskVersion | None  # None for a shard: published later by ``raee publish``
     stats: ExitStats
     seconds: float
     skipped: int
     store_bytes: int | None
     location: str
+    backbone_id: str
+    encoder_id: str
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -58,12 +75,20 @@ def run_ingest(
     skipped: int = 0,
     progress: bool = True,
     extra_stats: dict[str, object] | None = None,
+    shard: Shard | None = None,
 ) -> IngestResult:
-    """Probe, embed and store every example; publish the new version atomically."""
+    """Probe, embed and store every example; publish the new version atomically.
+
+    With ``shard``, only this shard's rows are written, into the shared version
+    ``shard.version``, and the shard is marked done instead of publishing:
+    ``raee publish`` publishes the version once every shard is done.
+    """
     if not examples:
         raise ValueError("examples: nothing to ingest")
     if batch_size < 1:
         raise ValueError(f"batch_size: must be at least 1 (got {batch_size})")
+    if shard is not None:
+        examples = [e for e in examples if e.index % shard.count == shard.index]
     probe = backbone.for_task(spec)
     started = time.perf_counter()
     texts = [example.text for example in examples]
@@ -71,12 +96,12 @@ def run_ingest(
     stats = ExitStats(num_exits=backbone.num_layers + 1)
     timings = {"forward_s": 0.0, "encode_s": 0.0, "store_s": 0.0}
     with (
-        store.begin_version(spec.name, encoder.dim) as writer,
+        store.begin_version(spec.name, encoder.dim, shard.version if shard else None) as writer,
         tqdm(total=len(examples), unit="ex", desc=f"ingest {spec.name}", disable=not progress) as bar,
     ):
         for batch in batches:
             chosen = [examples[i] for i in batch]
-            records = _probe_batch(probe, encoder, spec, chosen, batch, timings)
+            records = probe_batch(probe, encoder, spec, chosen, timings)
             for record in records:
                 stats.add(record.exit)
             tick = time.perf_counter()
@@ -91,25 +116,32 @@ def run_ingest(
             stats={**stats.to_dict(), "skipped_rows": skipped, **(extra_stats or {})},
         )
         tick = time.perf_counter()
-        version = writer.publish(meta)
+        if shard is None:
+            version: TaskVersion | None = writer.publish(meta)
+        else:
+            writer.mark_shard_done(meta, shard.index, shard.count)
+            version = None
         timings["publish_s"] = time.perf_counter() - tick
     return IngestResult(
+        task=spec.name,
+        version_id=writer.version,
         version=version,
         stats=stats,
         seconds=time.perf_counter() - started,
         skipped=skipped,
-        store_bytes=store.size_bytes(spec.name),
+        store_bytes=store.size_bytes(spec.name) if version is not None else None,
+        backbone_id=str(backbone.id),
+        encoder_id=encoder.id,
         location=store.location,
         timings=timings,
     )
 
 
-def _probe_batch(
+def probe_batch(
     probe: TaskProbe,
     encoder: QueryEncoder,
     spec: TaskSpec,
     examples: Sequence[Example],
-    point_ids: np.ndarray,
     timings: dict[str, float],
 ) -> list[ExitRecord]:
     tick = time.perf_counter()
@@ -120,7 +152,7 @@ def _probe_batch(
     timings["encode_s"] += time.perf_counter() - tick
     return [
         ExitRecord(
-            point_id=int(point_id),
+            point_id=example.index,
             vector=vector,
             example_id=example.example_id,
             text=example.text,
@@ -128,7 +160,7 @@ def _probe_batch(
             label_index=example.label_index,
             exit=ExitInfo.from_probabilities(probs, example.label_index),
         )
-        for example, point_id, vector, probs in zip(examples, point_ids, vectors, probabilities, strict=True)
+        for example, vector, probs in zip(examples, vectors, probabilities, strict=True)
     ]
 
 
@@ -139,17 +171,23 @@ def render_summary(result: IngestResult) -> str:
     per_exit = stats.accuracy_per_exit()
     best = int(np.argmax(per_exit))
     size = "n/a" if result.store_bytes is None else f"{result.store_bytes / 1e6:.1f} MB"
+    if version is None:
+        headline = f"task {result.task}: shard written into version {result.version_id} (not yet published)"
+        points = "n/a until published"
+    else:
+        headline = f"task {version.task}: published version {version.version} to {result.location}"
+        points = str(version.points)
     lines = [
-        f"task {version.task}: published version {version.version} to {result.location}",
+        headline,
         f"  examples            {stats.examples} ({result.skipped} invalid rows skipped)",
-        f"  points              {version.points}",
+        f"  points              {points}",
         f"  with a correct exit {100.0 * stats.with_correct_exit / stats.examples:.1f} %",
         f"  full-model accuracy {per_exit[-1]:.1f} % (exit {len(per_exit) - 1})",
         f"  best single exit    {per_exit[best]:.1f} % (exit {best})",
         "  accuracy per exit   " + " ".join(f"{i}:{acc:.0f}" for i, acc in enumerate(per_exit)),
         f"  time                {result.seconds:.1f} s ({result.examples_per_second:.1f} examples/s)",
         f"  store size          {size}",
-        f"  backbone            {version.backbone_id}",
-        f"  encoder             {version.encoder_id}",
+        f"  backbone            {result.backbone_id}",
+        f"  encoder             {result.encoder_id}",
     ]
     return "\n".join(lines)

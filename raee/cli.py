@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ingest.job import Shard
 from raee.data import DataError, read_examples
 from raee.demo import DEMO_DIR
 from raee.encoder import DEFAULT_ENCODER
@@ -63,7 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--batch-size", type=int, default=16, help="examples per forward pass (16)")
     ingest.add_argument("--skip-invalid", action="store_true", help="ingest the valid rows, skip the rest")
     ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sharded = ingest.add_argument_group("sharded ingest (Qdrant server only; then `raee publish`)")
+    sharded.add_argument("--version", help="the shared version id all shards write into")
+    sharded.add_argument("--shard-index", type=int, help="this writer's shard, 0..count-1")
+    sharded.add_argument("--shard-count", type=int, help="number of shards")
+    sharded.add_argument("--no-publish", action="store_true", help="mark the shard done; do not publish")
     ingest.set_defaults(handler=_ingest)
+
+    publish = commands.add_parser("publish", help="publish a sharded ingest once all shards are done")
+    publish.add_argument("--task", required=True)
+    publish.add_argument("--version", required=True)
+    publish.add_argument("--expect-shards", type=int, required=True, help="number of shards written")
+    _store_flags(publish)
+    publish.set_defaults(handler=_publish)
 
     tasks = commands.add_parser("tasks", help="list published tasks")
     _store_flags(tasks)
@@ -149,6 +162,7 @@ def _ingest(args: argparse.Namespace) -> int:
         raise DataError(errors)
     for error in errors:
         logging.getLogger("raee.ingest").warning("skipped %s", error)
+    shard = _shard_from_args(args)
     backbone = Backbone.load(args.backbone)
     encoder = QueryEncoder(args.encoder)
     store = open_store(args.store_url, home=args.home)
@@ -163,10 +177,35 @@ def _ingest(args: argparse.Namespace) -> int:
             skipped=len(errors),
             progress=not args.no_progress,
             extra_stats={"data_file": str(args.data)},
+            shard=shard,
         )
     finally:
         store.close()
     print(render_summary(result))
+    return 0
+
+
+def _shard_from_args(args: argparse.Namespace) -> Shard | None:
+    sharding = (args.version, args.shard_index, args.shard_count)
+    if all(value is None for value in sharding) and not args.no_publish:
+        return None
+    if any(value is None for value in sharding) or not args.no_publish:
+        raise ValueError(
+            "a sharded ingest needs all of --version, --shard-index, --shard-count, --no-publish"
+        )
+    return Shard(version=args.version, index=args.shard_index, count=args.shard_count)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from raee.store import open_store
+
+    store = open_store(args.store_url, home=args.home)
+    try:
+        info = store.publish_shards(args.task, args.version, args.expect_shards)
+    finally:
+        store.close()
+    shards = args.expect_shards
+    print(f"task {info.task}: published version {info.version} ({info.points} points, {shards} shards)")
     return 0
 
 

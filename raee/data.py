@@ -23,6 +23,7 @@ MAX_ERRORS_SHOWN = 20
 @dataclass(frozen=True)
 class Example:
     example_id: str  # "<file name>:<line>", stable for the same file
+    index: int  # 0-based position among the file's valid rows: the point id
     line: int
     text: str
     label: str
@@ -69,7 +70,9 @@ def read_examples(path: str | Path, spec: TaskSpec) -> tuple[list[Example], list
             continue
         label = str(row["label"]).strip()
         examples.append(
-            Example(f"{path.name}:{line}", line, str(row["text"]), label, spec.label_index(label))
+            Example(
+                f"{path.name}:{line}", len(examples), line, str(row["text"]), label, spec.label_index(label)
+            )
         )
     if not examples and not errors:
         errors.append(RowError(path, 0, "no rows"))

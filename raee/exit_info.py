@@ -52,9 +52,34 @@ class ExitStats:
             return [0.0] * self.num_exits
         return [100.0 * float(c) / self.examples for c in self.correct_per_exit]
 
+    def merge(self, other: ExitStats) -> None:
+        """Add another part's counts (the shards of a sharded ingest)."""
+        if other.num_exits != self.num_exits:
+            raise ValueError(f"cannot merge stats of {other.num_exits} exits into {self.num_exits}")
+        self.examples += other.examples
+        self.with_correct_exit += other.with_correct_exit
+        self.correct_per_exit += other.correct_per_exit
+
+    def counts(self) -> dict[str, object]:
+        return {
+            "num_exits": self.num_exits,
+            "examples": self.examples,
+            "with_correct_exit": self.with_correct_exit,
+            "correct_per_exit": self.correct_per_exit.tolist(),
+        }
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, object]) -> ExitStats:
+        stats = cls(num_exits=int(counts["num_exits"]))  # type: ignore[call-overload]
+        stats.examples = int(counts["examples"])  # type: ignore[call-overload]
+        stats.with_correct_exit = int(counts["with_correct_exit"])  # type: ignore[call-overload]
+        stats.correct_per_exit = np.asarray(counts["correct_per_exit"], dtype=np.int64)
+        return stats
+
     def to_dict(self) -> dict[str, object]:
         per_exit = self.accuracy_per_exit()
         return {
+            "counts": self.counts(),
             "examples": self.examples,
             "with_correct_exit_pct": 100.0 * self.with_correct_exit / max(self.examples, 1),
             "accuracy_per_exit_pct": per_exit,

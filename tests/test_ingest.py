@@ -16,8 +16,9 @@ import pytest
 
 from ingest import length_sorted_batches, run_ingest
 from raee.backbone import Backbone
+from raee.cli import main
 from raee.data import read_examples
-from raee.demo import DEMO_DIR, main
+from raee.demo import DEMO_DIR
 from raee.encoder import QueryEncoder
 from raee.exit_info import ExitInfo
 from raee.store import open_store
@@ -205,3 +206,85 @@ def test_killed_ingest_leaves_the_previous_version_served(tmp_path: Path) -> Non
     final = store.get_task("demo-sentiment")
     assert final.points == before.points
     assert [p.name for p in (home / "tasks" / "demo-sentiment" / "versions").iterdir()] == [final.version]
+
+
+def test_sharded_ingest_publishes_once_every_shard_is_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"local:{tmp_path / 'qdrant'}"  # qdrant-client local mode: the server code path
+    spec_args = ["--task-spec", str(DEMO_DIR / "task.yaml"), "--data", str(DEMO_DIR / "train.jsonl")]
+
+    def shard(index: int) -> int:
+        return main(
+            [
+                "ingest",
+                *spec_args,
+                "--store-url",
+                url,
+                "--no-progress",
+                "--version",
+                "v1",
+                "--shard-index",
+                str(index),
+                "--shard-count",
+                "3",
+                "--no-publish",
+            ]
+        )
+
+    def publish() -> int:
+        return main(
+            [
+                "publish",
+                "--task",
+                "demo-sentiment",
+                "--version",
+                "v1",
+                "--expect-shards",
+                "3",
+                "--store-url",
+                url,
+            ]
+        )
+
+    assert shard(0) == 0
+    assert shard(1) == 0
+    assert shard(1) == 0  # a retried pod rewrites the same ids
+    assert "not yet published" in capsys.readouterr().out
+    assert publish() == 2
+    assert "shards done [0, 1], expected 0..2" in capsys.readouterr().err
+    assert shard(2) == 0
+    assert publish() == 0
+    assert "published version v1 (48 points, 3 shards)" in capsys.readouterr().out
+
+    store = open_store(url)
+    sharded = store.get_task("demo-sentiment")
+    store.close()
+    assert (sharded.version, sharded.points, sharded.stats["examples"]) == ("v1", 48, 48)
+    home = tmp_path / "home"
+    assert main(["ingest", *spec_args, "--home", str(home), "--no-progress"]) == 0
+    whole = open_store(home=home).get_task("demo-sentiment")
+    np.testing.assert_allclose(sharded.stats["accuracy_per_exit_pct"], whole.stats["accuracy_per_exit_pct"])
+
+
+def test_sharded_ingest_needs_a_server_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "ingest",
+        "--task-spec",
+        str(DEMO_DIR / "task.yaml"),
+        "--data",
+        str(DEMO_DIR / "train.jsonl"),
+        "--home",
+        str(tmp_path),
+        "--version",
+        "v1",
+        "--shard-index",
+        "0",
+        "--shard-count",
+        "2",
+        "--no-publish",
+    ]
+    assert main(args) == 2
+    assert "needs a Qdrant server" in capsys.readouterr().err
+    assert main(args[:-1]) == 2
+    assert "needs all of --version" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -250,10 +251,7 @@ async def test_new_task_is_served_without_restart(
 ) -> None:
     spec = TaskSpec.from_flags("fresh", "{text} This is", ["bad=bad", "good=good"])
     examples, _ = read_examples(DEMO_DIR / "train.jsonl", TaskSpec.from_file(DEMO_DIR / "task.yaml"))
-    relabelled = [
-        type(e)(e.example_id, e.line, e.text, "good" if e.label == "positive" else "bad", e.label_index)
-        for e in examples
-    ]
+    relabelled = [replace(e, label="good" if e.label == "positive" else "bad") for e in examples]
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await client.classify("fresh", TEXTS[0])
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND

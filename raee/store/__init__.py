@@ -29,6 +29,8 @@ from raee.store.base import (
 
 URL_ENV = "RAEE_QDRANT_URL"
 API_KEY_ENV = "RAEE_QDRANT_API_KEY"
+SHARDS_ENV = "RAEE_QDRANT_SHARDS"
+REPLICATION_ENV = "RAEE_QDRANT_REPLICATION"
 LOCAL_PREFIX = "local:"
 
 __all__ = [
@@ -56,8 +58,14 @@ def open_store(
     replication_factor: int | None = None,
     timeout_s: int = 10,
 ) -> ExitStore:
-    """Open the exit store named by ``url`` (else ``$RAEE_QDRANT_URL``, else embedded)."""
+    """Open the exit store named by ``url`` (else ``$RAEE_QDRANT_URL``, else embedded).
+
+    New collections on a server get ``shard_number`` / ``replication_factor``, else
+    ``$RAEE_QDRANT_SHARDS`` / ``$RAEE_QDRANT_REPLICATION``, else the server's defaults.
+    """
     url = url or os.environ.get(URL_ENV) or None
+    shard_number = shard_number or _int_env(SHARDS_ENV)
+    replication_factor = replication_factor or _int_env(REPLICATION_ENV)
     if url is None:
         from raee.store.edge import EdgeExitStore
 
@@ -81,3 +89,16 @@ def open_store(
         shard_number=shard_number,
         replication_factor=replication_factor,
     )
+
+
+def _int_env(name: str) -> int | None:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"${name}: {raw!r} is not an integer") from None
+    if value < 1:
+        raise ValueError(f"${name}: must be at least 1 (got {value})")
+    return value

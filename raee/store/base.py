@@ -113,6 +113,30 @@ class VersionMeta:
     num_layers: int
     stats: dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.to_dict(),
+            "backbone_id": self.backbone_id,
+            "encoder_id": self.encoder_id,
+            "num_layers": self.num_layers,
+            "stats": self.stats,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VersionMeta:
+        return cls(
+            spec=TaskSpec.parse(data["spec"], source="stored spec"),
+            backbone_id=data["backbone_id"],
+            encoder_id=data["encoder_id"],
+            num_layers=int(data["num_layers"]),
+            stats=dict(data.get("stats", {})),
+        )
+
+
+SHARDING_NEEDS_SERVER = (
+    "sharded ingest needs a Qdrant server (--store-url); the embedded store has one writer"
+)
+
 
 @dataclass(frozen=True)
 class TaskVersion:
@@ -203,6 +227,10 @@ class VersionWriter(ABC):
     def discard(self) -> None:
         """Remove everything written; the current version is untouched."""
 
+    def mark_shard_done(self, meta: VersionMeta, shard_index: int, shard_count: int) -> None:
+        """Record that one shard of a sharded ingest wrote all its rows (published later)."""
+        raise StoreError(SHARDING_NEEDS_SERVER)
+
     def _check_vectors(self, records: Sequence[ExitRecord]) -> None:
         for record in records:
             if record.vector.shape != (self.dim,):
@@ -244,6 +272,10 @@ class ExitStore(ABC):
     @abstractmethod
     def search(self, task: str, vectors: np.ndarray, k: int) -> SearchResult:
         """The ``k`` nearest stored examples of each row of ``vectors``, in one batched query."""
+
+    def publish_shards(self, task: str, version: str, expect_shards: int) -> TaskVersion:
+        """Publish a version filled by ``expect_shards`` writers once all of them are done."""
+        raise StoreError(SHARDING_NEEDS_SERVER)
 
     def size_bytes(self, task: str) -> int | None:
         """Bytes on disk of the task's current version, where the backend can tell."""

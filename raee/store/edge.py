@@ -30,6 +30,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from raee.store.base import (
+    SHARDING_NEEDS_SERVER,
     ExitRecord,
     ExitStore,
     SearchResult,
@@ -61,7 +62,7 @@ class EdgeExitStore(ExitStore):
 
     def begin_version(self, task: str, dim: int, version: str | None = None) -> VersionWriter:
         if version is not None:
-            raise StoreError("the embedded store has one writer per version; omit the version id")
+            raise StoreError(SHARDING_NEEDS_SERVER)
         task_dir = self.root / check_task_name(task)
         (task_dir / "versions").mkdir(parents=True, exist_ok=True)
         lock = _acquire_writer_lock(task_dir / ".ingest.lock", task)

@@ -19,6 +19,7 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from raee.exit_info import ExitStats
 from raee.store.base import (
     ExitRecord,
     ExitStore,
@@ -50,6 +51,11 @@ def collection_name(task: str, version: str) -> str:
     return f"{PREFIX}{task}{SEPARATOR}{version}"
 
 
+def shards_collection(task: str, version: str) -> str:
+    """One point per finished shard of a sharded ingest, removed on publish."""
+    return f"{collection_name(task, version)}{SEPARATOR}shards"
+
+
 class QdrantExitStore(ExitStore):
     """``client`` is any :class:`QdrantClient`: remote (``url=``) or local mode (``path=``)."""
 
@@ -71,19 +77,80 @@ class QdrantExitStore(ExitStore):
 
     def begin_version(self, task: str, dim: int, version: str | None = None) -> VersionWriter:
         check_task_name(task)
-        name = collection_name(task, version or new_version_id())
-        joining = version is not None and _call(lambda: self.client.collection_exists(name))
-        if not joining:
+        shared = version is not None  # several writers (an Indexed Job's pods) fill this version
+        version = version or new_version_id()
+        name = collection_name(task, version)
+        metadata = {META_KEY: {"task": task, "state": "writing"}}
+        self._create(name, models.VectorParams(size=dim, distance=models.Distance.COSINE), metadata, shared)
+        return _QdrantVersionWriter(self, task, version, dim, shared=shared)
+
+    def publish_shards(self, task: str, version: str, expect_shards: int) -> TaskVersion:
+        markers = _call(
+            lambda: (
+                self.client.scroll(shards_collection(task, version), limit=expect_shards + 1)[0]
+                if self.client.collection_exists(shards_collection(task, version))
+                else []
+            )
+        )
+        done = sorted(int(m.id) for m in markers)
+        if done != list(range(expect_shards)):
+            raise StoreError(
+                f"task {task!r} version {version}: shards done {done}, expected 0..{expect_shards - 1}; "
+                "wait for the ingest Job to complete"
+            )
+        payloads = [m.payload or {} for m in markers]
+        if {p.get("shard_count") for p in payloads} != {expect_shards}:
+            raise StoreError(f"version {version}: shards were written with another shard count")
+        metas = [VersionMeta.from_dict(p["meta"]) for p in payloads]
+        first = metas[0]
+        if any(
+            (m.spec, m.backbone_id, m.encoder_id) != (first.spec, first.backbone_id, first.encoder_id)
+            for m in metas
+        ):
+            raise StoreError(f"version {version}: shards disagree on the task spec, backbone or encoder")
+        stats = ExitStats.from_counts(metas[0].stats["counts"])
+        for meta in metas[1:]:
+            stats.merge(ExitStats.from_counts(meta.stats["counts"]))
+        combined = VersionMeta(
+            first.spec,
+            first.backbone_id,
+            first.encoder_id,
+            first.num_layers,
+            {**first.stats, **stats.to_dict(), "shards": expect_shards},
+        )
+        vectors = _call(
+            lambda: self.client.get_collection(collection_name(task, version)).config.params.vectors
+        )
+        if not isinstance(vectors, models.VectorParams):
+            raise StoreError(f"version {version}: unexpected vector configuration {vectors!r}")
+        writer = _QdrantVersionWriter(self, task, version, vectors.size, shared=True)
+        info = writer.publish(combined)
+        if info.points != stats.examples:
+            raise StoreError(
+                f"version {version}: {info.points} points stored, shards reported {stats.examples}"
+            )
+        _delete_collection(self.client, shards_collection(task, version))
+        return info
+
+    def _create(
+        self, name: str, vectors: models.VectorParams, metadata: dict[str, Any], shared: bool
+    ) -> None:
+        if shared and _call(lambda: self.client.collection_exists(name)):
+            return
+        try:
             _call(
                 lambda: self.client.create_collection(
                     name,
-                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                    vectors_config=vectors,
                     shard_number=self.shard_number,
                     replication_factor=self.replication_factor,
-                    metadata={META_KEY: {"task": task, "state": "writing"}},
+                    metadata=metadata,
                 )
             )
-        return _QdrantVersionWriter(self, task, name.rsplit(SEPARATOR, 1)[1], dim)
+        except (UnexpectedResponse, ValueError):
+            # Another writer of the same shared version created it first.
+            if not (shared and _call(lambda: self.client.collection_exists(name))):
+                raise
 
     def get_task(self, task: str) -> TaskVersion:
         return self._info(self._resolve(task), task)
@@ -147,10 +214,24 @@ class QdrantExitStore(ExitStore):
 
 
 class _QdrantVersionWriter(VersionWriter):
-    def __init__(self, store: QdrantExitStore, task: str, version: str, dim: int) -> None:
+    def __init__(self, store: QdrantExitStore, task: str, version: str, dim: int, *, shared: bool) -> None:
         super().__init__(task, version, dim)
         self.store = store
+        self.shared = shared
         self.collection = collection_name(task, version)
+
+    def mark_shard_done(self, meta: VersionMeta, shard_index: int, shard_count: int) -> None:
+        if not self.shared or not 0 <= shard_index < shard_count:
+            raise StoreError("mark_shard_done needs a shared version and 0 <= shard_index < shard_count")
+        name = shards_collection(self.task, self.version)
+        self.store._create(name, models.VectorParams(size=1, distance=models.Distance.DOT), {}, True)
+        marker = models.PointStruct(
+            id=shard_index,
+            vector=[1.0],
+            payload={"shard_count": shard_count, "meta": meta.to_dict()},
+        )
+        client = self.store.client
+        _call(lambda: client.upsert(name, points=[marker], wait=True))
 
     def add(self, records: Sequence[ExitRecord]) -> None:
         if not records:
@@ -188,6 +269,8 @@ class _QdrantVersionWriter(VersionWriter):
         return info
 
     def discard(self) -> None:
+        if self.shared:
+            return  # other writers' rows live here too; a retried shard rewrites the same ids
         _delete_collection(self.store.client, self.collection)
 
 
