@@ -299,3 +299,11 @@ async def test_worker_degrades_to_full_depth_without_retrieval(
                 np.testing.assert_allclose(answer.probabilities, probe.predict_at([text], 18)[0], atol=1e-5)
     finally:
         await pair.inference.stop(0)
+
+
+async def test_deadlines_are_honoured(client: InferenceClient, demo_spec: TaskSpec) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client.stub.Classify(classify_request(demo_spec.name, TEXTS[0]), timeout=0.001)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    answer = await client.classify(demo_spec.name, TEXTS[0])  # the worker is still fine
+    assert answer.label in demo_spec.label_names

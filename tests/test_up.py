@@ -1,0 +1,134 @@
+"""`raee up`, `raee classify` and graceful shutdown on SIGTERM, as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from ingest import run_ingest
+from raee.backbone import Backbone
+from raee.client import InferenceClient
+from raee.data import read_examples
+from raee.demo import DEMO_DIR
+from raee.encoder import QueryEncoder
+from raee.store import open_store
+from raee.tasks import TaskSpec
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def up(
+    tmp_path_factory: pytest.TempPathFactory, gemma: Backbone, encoder: QueryEncoder, demo_spec: TaskSpec
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
+    home = tmp_path_factory.mktemp("up-home")
+    examples, _ = read_examples(DEMO_DIR / "train.jsonl", demo_spec)
+    run_ingest(
+        demo_spec, examples, backbone=gemma, encoder=encoder, store=open_store(home=home), progress=False
+    )
+    ports = {name: free_port() for name in ("retrieval", "inference", "metrics")}
+    env = {
+        **os.environ,
+        "RAEE_RETRIEVAL_METRICS_PORT": str(ports["metrics"]),
+        "RAEE_GRACE_S": "20",
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "raee.cli",
+            "up",
+            "--home",
+            str(home),
+            "--retrieval-port",
+            str(ports["retrieval"]),
+            "--inference-port",
+            str(ports["inference"]),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 180
+    line = ""
+    while not line.startswith("raee up:"):
+        line = process.stdout.readline()
+        assert line and time.monotonic() < deadline, "raee up did not start"
+    yield process, ports
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_classify_command_and_metrics(
+    up: tuple[subprocess.Popen[str], dict[str, int]], demo_spec: TaskSpec
+) -> None:
+    _, ports = up
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raee.cli",
+            "classify",
+            "--task",
+            demo_spec.name,
+            "--addr",
+            f"localhost:{ports['inference']}",
+            "a lovely film with a big heart .",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    label, exit_part, *_ = result.stdout.split("\t")
+    assert label in demo_spec.label_names
+    assert exit_part.startswith("exit ") and exit_part.endswith("/18")
+    metrics = (
+        urllib.request.urlopen(f"http://localhost:{ports['metrics']}/metrics", timeout=10).read().decode()
+    )
+    assert 'raee_grpc_request_seconds_count{code="OK",method="Classify"}' in metrics
+    assert "raee_inference_batch_groups_bucket" in metrics
+    assert 'raee_exit_layer_count{mode="raee",service="inference"}' in metrics
+
+
+def test_sigterm_finishes_in_flight_calls_then_refuses_new_ones(
+    up: tuple[subprocess.Popen[str], dict[str, int]], demo_spec: TaskSpec
+) -> None:
+    process, ports = up
+
+    async def scenario() -> None:
+        async with InferenceClient(f"localhost:{ports['inference']}", timeout_s=60) as client:
+            await client.classify(demo_spec.name, "warm up")
+            in_flight = [
+                asyncio.ensure_future(client.classify(demo_spec.name, f"sentence number {i} was great"))
+                for i in range(32)
+            ]
+            await asyncio.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            answers = await asyncio.gather(*in_flight)
+            assert all(a.label in demo_spec.label_names for a in answers)
+            await asyncio.sleep(0.5)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.classify(demo_spec.name, "too late")
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    asyncio.run(scenario())
+    assert process.wait(timeout=60) == 0
