@@ -30,19 +30,26 @@ def test_length_sorted_batches_cover_every_index_once() -> None:
     assert [b.tolist() for b in batches] == [[1, 3, 4, 0], [5, 2]]
 
 
-def test_demo_ingest_publishes_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_ingests_serves_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--home", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "task demo-sentiment: published version" in out
     assert "points              48" in out
     assert "with a correct exit" in out
     assert "full-model accuracy" in out
+    assert "accuracy: RAEE" in out
+    assert out.rstrip().endswith("services stopped cleanly")
     store = open_store(home=tmp_path)
     first = store.get_task("demo-sentiment")
     assert first.points == 48
     assert len(first.stats["accuracy_per_exit_pct"]) == 19
 
-    assert main(["demo", "--home", str(tmp_path)]) == 0
+    assert main(["demo", "--home", str(tmp_path)]) == 0  # the task is there: served as it is
+    assert "already published" in capsys.readouterr().out
+    assert store.get_task("demo-sentiment").version == first.version
+
+    args = ["ingest", "--task-spec", str(DEMO_DIR / "task.yaml"), "--data", str(DEMO_DIR / "train.jsonl")]
+    assert main([*args, "--home", str(tmp_path), "--no-progress"]) == 0  # a re-ingest: a new version
     second = store.get_task("demo-sentiment")
     assert second.version != first.version
     assert second.points == 48
