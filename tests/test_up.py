@@ -11,9 +11,11 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ingest import run_ingest
 from raee.backbone import Backbone
@@ -132,3 +134,73 @@ def test_sigterm_finishes_in_flight_calls_then_refuses_new_ones(
 
     asyncio.run(scenario())
     assert process.wait(timeout=60) == 0
+
+
+def test_services_as_separate_processes_configured_by_env(
+    tmp_path: Path, gemma: Backbone, encoder: QueryEncoder, demo_spec: TaskSpec
+) -> None:
+    """The commands the Kubernetes manifests run, configured the way they configure them."""
+    examples, _ = read_examples(DEMO_DIR / "train.jsonl", demo_spec)
+    run_ingest(
+        demo_spec,
+        examples[:24],
+        backbone=gemma,
+        encoder=encoder,
+        store=open_store(home=tmp_path),
+        progress=False,
+    )
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "raee.cli", "prepare"], capture_output=True, timeout=300
+        ).returncode
+        == 0
+    )
+    retrieval_port, inference_port = free_port(), free_port()
+    base = {**os.environ, "RAEE_GRACE_S": "5"}
+    retrieval = subprocess.Popen(
+        [sys.executable, "-m", "raee.cli", "serve", "retrieval"],
+        env={
+            **base,
+            "RAEE_HOME": str(tmp_path),
+            "RAEE_RETRIEVAL_PORT": str(retrieval_port),
+            "RAEE_RETRIEVAL_METRICS_PORT": "0",
+        },
+    )
+    inference = subprocess.Popen(
+        [sys.executable, "-m", "raee.cli", "serve", "inference", "--max-batch", "8"],
+        env={
+            **base,
+            "RAEE_INFERENCE_PORT": str(inference_port),
+            "RAEE_INFERENCE_METRICS_PORT": "0",
+            "RAEE_RETRIEVAL_ADDR": f"localhost:{retrieval_port}",
+        },
+    )
+
+    async def scenario() -> None:
+        for port, service in (
+            (retrieval_port, "raee.v1.RetrievalService"),
+            (inference_port, "raee.v1.InferenceService"),
+        ):
+            async with grpc.aio.insecure_channel(f"localhost:{port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                deadline = time.monotonic() + 180
+                while True:  # the probe Kubernetes runs: SERVING once the models are loaded
+                    try:
+                        reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            break
+                    except grpc.aio.AioRpcError:
+                        pass
+                    assert time.monotonic() < deadline, f"{service} never became SERVING"
+                    await asyncio.sleep(0.5)
+        async with InferenceClient(f"localhost:{inference_port}") as client:
+            answer = await client.classify(demo_spec.name, "a lovely film with a big heart .")
+            assert answer.label in demo_spec.label_names and not answer.degraded
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for process in (inference, retrieval):
+            process.send_signal(signal.SIGTERM)
+    assert inference.wait(timeout=60) == 0
+    assert retrieval.wait(timeout=60) == 0
