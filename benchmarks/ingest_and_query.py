@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=12)
+    parser.add_argument("--query-task", help="measure queries on this published task instead")
+    parser.add_argument("--query-home", type=Path, default=Path(".raee"), help="its embedded store")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -112,11 +114,18 @@ def main() -> None:
             meta = VersionMeta(spec, str(backbone.id), encoder.id, backbone.num_layers, stats.to_dict())
             version = writer.publish(meta)
             seconds["ingest"] += time.perf_counter() - tick
+        store_bytes = store.size_bytes(spec.name)
         rng = np.random.default_rng(0)
         picks = rng.integers(0, len(texts), args.queries)
         queries = encoder.encode([spec.key_text(texts[i]) for i in picks])
-        latency = query_latencies(store, spec.name, queries, args.k)
-        store_bytes = store.size_bytes(spec.name)
+        if args.query_task:
+            store.close()
+            store = open_store(home=args.query_home)
+            query_points = store.get_task(args.query_task).points
+            latency = query_latencies(store, args.query_task, queries, args.k)
+        else:
+            query_points = version.points
+            latency = query_latencies(store, spec.name, queries, args.k)
         store.close()
 
     n = len(examples)
@@ -127,6 +136,7 @@ def main() -> None:
         "ingest_vs_forward_with_head": seconds["forward_with_head"] / seconds["ingest"],
         "ingest_vs_forward_body_only": seconds["forward_body_only"] / seconds["ingest"],
         "ingest_stage_s": {k: round(v, 2) for k, v in stage_timings.items()},
+        "query_task_points": query_points,
         **latency,
         "store_bytes": store_bytes,
         "backbone": str(backbone.id),
