@@ -14,7 +14,14 @@ from inference_service.worker import InferenceWorker, Outcome, WorkItem
 from raee.backbone import Backbone
 from raee.serving.config import InferenceConfig
 from raee.serving.metrics import serve_metrics
-from raee.serving.server import MAX_MESSAGE_BYTES, RunningServer, start_server, wait_for_shutdown_signal
+from raee.serving.security import bearer_metadata, channel_credentials, open_channel
+from raee.serving.server import (
+    MAX_MESSAGE_BYTES,
+    RunningServer,
+    ServerSecurity,
+    start_server,
+    wait_for_shutdown_signal,
+)
 from raee.v1 import inference_pb2_grpc, retrieval_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -45,24 +52,27 @@ async def start(config: InferenceConfig, *, backbone: Backbone | None = None) ->
         port=config.port,
         register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
+        security=ServerSecurity(config.auth_token, config.tls_cert, config.tls_key, config.tls_client_ca),
     )
     logger.info("inference worker listening on port %d; loading backbone", running.port)
     if backbone is None:
         backbone = await asyncio.to_thread(Backbone.load, config.backbone)
     # dns:/// with round_robin spreads calls over every retrieval pod behind a headless Service.
     target = config.retrieval_addr if "://" in config.retrieval_addr else f"dns:///{config.retrieval_addr}"
-    channel = aio.insecure_channel(
+    credentials = channel_credentials(
+        config.retrieval_tls_ca, config.retrieval_tls_cert, config.retrieval_tls_key
+    )
+    channel = open_channel(
         target,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.lb_policy_name", "round_robin"),
-        ],
+        credentials,
+        [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.lb_policy_name", "round_robin")],
     )
     worker = InferenceWorker(
         backbone,
         retrieval_pb2_grpc.RetrievalServiceStub(channel),
         retrieval_timeout_s=config.retrieval_timeout_ms / 1000,
         task_ttl_s=config.task_ttl_s,
+        metadata=bearer_metadata(config.retrieval_token),
     )
     batcher: MicroBatcher[WorkItem, Outcome] = MicroBatcher(
         worker.process,

@@ -99,11 +99,13 @@ class InferenceWorker:
         *,
         retrieval_timeout_s: float = 1.0,
         task_ttl_s: float = 5.0,
+        metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> None:
         self.backbone = backbone
         self.retrieval = retrieval
         self.retrieval_timeout_s = retrieval_timeout_s
         self.task_ttl_s = task_ttl_s
+        self._metadata = metadata  # the bearer token for the retrieval service, if any
         self._tasks: dict[str, _Task] = {}
         self._probes: dict[tuple[str, str], TaskProbe] = {}
         # Torch already uses every core: one forward pass at a time.
@@ -157,7 +159,9 @@ class InferenceWorker:
             return cached
         try:
             info = await self.retrieval.GetTask(
-                retrieval_pb2.GetTaskRequest(task=name), timeout=self.retrieval_timeout_s
+                retrieval_pb2.GetTaskRequest(task=name),
+                timeout=self.retrieval_timeout_s,
+                metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
@@ -211,7 +215,7 @@ class InferenceWorker:
         started = time.perf_counter()
         try:
             response = await self.retrieval.BatchGetExitDistribution(
-                request, timeout=self.retrieval_timeout_s
+                request, timeout=self.retrieval_timeout_s, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as error:
             reason = f"retrieval {error.code().name}: {error.details()}"

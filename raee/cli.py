@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--layer", type=int, default=None, help="exit layer for --mode fixed")
     classify.add_argument("--k", type=int, default=None, help="neighbours (service default 12)")
     classify.add_argument("--json", action="store_true", help="machine-readable output")
+    classify.add_argument("--tls-ca", default="", help="CA of the worker's certificate: use TLS")
+    # The token comes from the environment only, so that it never shows in `ps`.
     classify.add_argument("texts", nargs="+", metavar="TEXT")
     classify.set_defaults(handler=_classify)
 
@@ -284,7 +287,8 @@ async def _run_classify(args: argparse.Namespace) -> int:
 
     from raee.client import InferenceClient
 
-    async with InferenceClient(args.addr) as client:
+    token = os.environ.get("RAEE_CLIENT_TOKEN", "")
+    async with InferenceClient(args.addr, token=token, tls_ca=args.tls_ca) as client:
         for text in args.texts:
             try:
                 answer = await client.classify(args.task, text, args.mode, args.layer, args.k)

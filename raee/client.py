@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
-from grpc import aio
-
+from raee.serving.security import bearer_metadata, channel_credentials, open_channel
 from raee.v1 import inference_pb2, inference_pb2_grpc
 
 MODES = {"raee": inference_pb2.MODE_RAEE, "full": inference_pb2.MODE_FULL, "fixed": inference_pb2.MODE_FIXED}
@@ -23,16 +22,17 @@ def classify_request(
 class InferenceClient:
     """``async with InferenceClient("localhost:50052") as client: await client.classify(...)``."""
 
-    def __init__(self, address: str, *, timeout_s: float = 30.0) -> None:
-        self.channel = aio.insecure_channel(address)
+    def __init__(self, address: str, *, timeout_s: float = 30.0, token: str = "", tls_ca: str = "") -> None:
+        self.channel = open_channel(address, channel_credentials(tls_ca), [])
         self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
         self.timeout_s = timeout_s
+        self.metadata = bearer_metadata(token)
 
     async def classify(
         self, task: str, text: str, mode: str = "raee", layer: int | None = None, k: int | None = None
     ) -> inference_pb2.ClassifyResponse:
         response: inference_pb2.ClassifyResponse = await self.stub.Classify(
-            classify_request(task, text, mode, layer, k), timeout=self.timeout_s
+            classify_request(task, text, mode, layer, k), timeout=self.timeout_s, metadata=self.metadata
         )
         return response
 
@@ -43,7 +43,7 @@ class InferenceClient:
             requests=[classify_request(task, text, mode, layer) for text in texts]
         )
         response: inference_pb2.ClassifyBatchResponse = await self.stub.ClassifyBatch(
-            request, timeout=self.timeout_s
+            request, timeout=self.timeout_s, metadata=self.metadata
         )
         return response
 

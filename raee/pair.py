@@ -38,7 +38,11 @@ async def start_pair(
 ) -> ServicePair:
     """Start the retrieval service, then the worker pointed at it (port 0 picks free ports)."""
     retrieval = await retrieval_server.start(retrieval_config, encoder=encoder)
-    inference_config = replace(inference_config, retrieval_addr=f"localhost:{retrieval.port}")
+    inference_config = replace(
+        inference_config,
+        retrieval_addr=f"localhost:{retrieval.port}",
+        retrieval_token=inference_config.retrieval_token or retrieval_config.auth_token,
+    )
     try:
         inference = await inference_server.start(inference_config, backbone=backbone)
     except BaseException:

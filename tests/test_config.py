@@ -44,3 +44,22 @@ def test_json_logs_carry_extras_and_exceptions() -> None:
         "sst2",
     )
     assert "RuntimeError: boom" in entry["exception"]
+
+
+def test_every_setting_is_documented() -> None:
+    import dataclasses
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    for config_type in (RetrievalConfig, InferenceConfig):
+        for item in dataclasses.fields(config_type):
+            assert f"`{item.metadata['env']}`" in doc, item.metadata["env"]
+
+
+def test_secrets_have_no_flag() -> None:
+    parser = argparse.ArgumentParser()
+    add_flags(parser, InferenceConfig)
+    flags = {action.dest for action in parser._actions}
+    assert "auth_token" not in flags
+    assert "retrieval_token" not in flags
+    assert "max_batch" in flags

@@ -19,8 +19,9 @@ from raee.model_loading import DEFAULT_BACKBONE
 T = TypeVar("T")
 
 
-def env(name: str, default: Any, help: str) -> Any:
-    return field(default=default, metadata={"env": name, "help": help})
+def env(name: str, default: Any, help: str, *, secret: bool = False) -> Any:
+    """A config field read from ``name``; secrets are left out of the dataclass repr."""
+    return field(default=default, repr=not secret, metadata={"env": name, "help": help})
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class RetrievalConfig:
     max_text_chars: int = env("RAEE_MAX_TEXT_CHARS", 8192, "longest accepted text")
     max_batch_requests: int = env("RAEE_MAX_BATCH_REQUESTS", 1024, "most queries in one batch call")
     grace_s: float = env("RAEE_GRACE_S", 10.0, "graceful-shutdown grace period, seconds")
+    auth_token: str = env("RAEE_AUTH_TOKEN", "", "bearer token callers must send; empty: none", secret=True)
+    tls_cert: str = env("RAEE_TLS_CERT", "", "server certificate (PEM file); empty: plaintext")
+    tls_key: str = env("RAEE_TLS_KEY", "", "server private key (PEM file)")
+    tls_client_ca: str = env("RAEE_TLS_CLIENT_CA", "", "CA of client certificates: mutual TLS")
 
 
 @dataclass(frozen=True)
@@ -46,16 +51,30 @@ class InferenceConfig:
     max_batch: int = env("RAEE_MAX_BATCH", 16, "most requests in one micro-batch")
     max_wait_ms: float = env("RAEE_MAX_WAIT_MS", 5.0, "longest a request waits for its batch to fill")
     max_queue: int = env("RAEE_MAX_QUEUE", 1024, "queued requests before RESOURCE_EXHAUSTED")
-    retrieval_timeout_ms: float = env("RAEE_RETRIEVAL_TIMEOUT_MS", 1000.0, "then answer degraded")
+    retrieval_timeout_ms: float = env(
+        "RAEE_RETRIEVAL_TIMEOUT_MS", 1000.0, "then answer at full depth, degraded"
+    )
     task_ttl_s: float = env("RAEE_TASK_TTL_S", 5.0, "how long a task's spec is trusted before rechecking")
     max_text_chars: int = env("RAEE_MAX_TEXT_CHARS", 8192, "longest accepted text")
     max_batch_requests: int = env("RAEE_MAX_BATCH_REQUESTS", 1024, "most texts in one ClassifyBatch call")
     grace_s: float = env("RAEE_GRACE_S", 10.0, "graceful-shutdown grace period, seconds")
+    auth_token: str = env("RAEE_AUTH_TOKEN", "", "bearer token callers must send; empty: none", secret=True)
+    tls_cert: str = env("RAEE_TLS_CERT", "", "server certificate (PEM file); empty: plaintext")
+    tls_key: str = env("RAEE_TLS_KEY", "", "server private key (PEM file)")
+    tls_client_ca: str = env("RAEE_TLS_CLIENT_CA", "", "CA of client certificates: mutual TLS")
+    retrieval_token: str = env(
+        "RAEE_RETRIEVAL_TOKEN", "", "bearer token for the retrieval service", secret=True
+    )
+    retrieval_tls_ca: str = env("RAEE_RETRIEVAL_TLS_CA", "", "CA of the retrieval service: TLS to it")
+    retrieval_tls_cert: str = env("RAEE_RETRIEVAL_TLS_CERT", "", "client certificate for mutual TLS")
+    retrieval_tls_key: str = env("RAEE_RETRIEVAL_TLS_KEY", "", "client key for mutual TLS")
 
 
 def add_flags(parser: argparse.ArgumentParser, config_type: type[Any]) -> None:
-    """One flag per field; unset flags stay ``None`` so that env and defaults apply."""
+    """One flag per field but secrets (environment only: flags show in ``ps``); unset flags stay ``None``."""
     for item in dataclasses.fields(config_type):
+        if not item.repr:
+            continue
         parser.add_argument(
             "--" + item.name.replace("_", "-"),
             type=_parser_of(item.type),

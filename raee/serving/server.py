@@ -12,13 +12,14 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from raee.serving.interceptors import ErrorMappingInterceptor
+from raee.serving.security import BearerTokenInterceptor, server_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,16 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 ]
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    """TLS files and bearer token of a server (empty strings: off)."""
+
+    auth_token: str = field(default="", repr=False)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
 
 
 @dataclass
@@ -55,9 +66,11 @@ async def start_server(
     register: Callable[[aio.Server], None],
     service_names: Sequence[str],
     host: str = "[::]",
-    interceptors: Sequence[aio.ServerInterceptor] = (),
+    security: ServerSecurity | None = None,
 ) -> RunningServer:
     """Start serving ``register``'s servicers plus health and reflection; port 0 picks a free one."""
+    security = security or ServerSecurity()
+    interceptors = [BearerTokenInterceptor(security.auth_token)] if security.auth_token else []
     server = aio.server(
         interceptors=[*interceptors, ErrorMappingInterceptor()],
         options=SERVER_OPTIONS,
@@ -69,7 +82,13 @@ async def start_server(
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    credentials = server_credentials(security.tls_cert, security.tls_key, security.tls_client_ca)
+    address = f"{host}:{port}"
+    bound = (
+        server.add_insecure_port(address)
+        if credentials is None
+        else server.add_secure_port(address, credentials)
+    )
     if bound == 0:
         raise OSError(f"port: cannot bind {host}:{port}")
     await server.start()

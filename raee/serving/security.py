@@ -1,0 +1,113 @@
+"""Transport security and authentication for both services.
+
+* TLS: a server certificate and key make the port TLS-only; a client CA on top
+  makes it mutual TLS (clients must present a certificate signed by that CA). The
+  inference worker reaches the retrieval service the same way, with its own
+  client certificate.
+* Bearer tokens: with a token configured, every call must carry
+  ``authorization: Bearer <token>`` or is refused with UNAUTHENTICATED, except the
+  health service, which probes use without credentials.
+
+Tokens and keys never reach the logs: config fields holding them have no repr.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+
+OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("auth_token: must not be empty")
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_METHOD_PREFIXES):
+            return handler
+        supplied = dict(details.invocation_metadata or ()).get("authorization", "")
+        if isinstance(supplied, str) and hmac.compare_digest(supplied.encode(), self._expected):
+            return handler
+        return _refusing(handler, "a valid 'authorization: Bearer <token>' header is required")
+
+
+def _refusing(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED."""
+
+    async def refuse(_request: Any, context: aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    make = kinds[(bool(handler.request_streaming), bool(handler.response_streaming))]
+    return make(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCredentials | None:
+    """TLS credentials for a server port; ``None`` (plaintext) when no certificate is configured."""
+    if not cert and not key:
+        if client_ca:
+            raise ValueError("tls_client_ca: mutual TLS also needs tls_cert and tls_key")
+        return None
+    if not (cert and key):
+        raise ValueError("tls_cert and tls_key: give both or neither")
+    return grpc.ssl_server_credentials(
+        [(_read(key, "tls_key"), _read(cert, "tls_cert"))],
+        root_certificates=_read(client_ca, "tls_client_ca") if client_ca else None,
+        require_client_auth=bool(client_ca),
+    )
+
+
+def channel_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCredentials | None:
+    """TLS credentials for a client channel (``None``: plaintext); cert and key for mutual TLS."""
+    if not ca:
+        if cert or key:
+            raise ValueError("a client certificate needs the server's CA too")
+        return None
+    if bool(cert) != bool(key):
+        raise ValueError("client certificate and key: give both or neither")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, "CA"),
+        private_key=_read(key, "client key") if key else None,
+        certificate_chain=_read(cert, "client certificate") if cert else None,
+    )
+
+
+def bearer_metadata(token: str) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
+def open_channel(
+    target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+) -> aio.Channel:
+    if credentials is None:
+        return aio.insecure_channel(target, options=options)
+    return aio.secure_channel(target, credentials, options=options)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{what}: cannot read {path} ({exc.strerror})") from None
