@@ -11,6 +11,7 @@ from inference_service.batcher import MicroBatcher
 from inference_service.worker import Mode, Outcome, WorkItem
 from raee.serving.config import InferenceConfig
 from raee.serving.errors import InvalidArgumentError, UpstreamUnavailableError, status_of
+from raee.tasks import check_task_name
 from raee.v1 import common_pb2, inference_pb2, inference_pb2_grpc, retrieval_pb2
 
 SERVICE_NAME = "raee.v1.InferenceService"
@@ -66,6 +67,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         """Validate a request; every error names the offending field."""
         if not request.task:
             raise InvalidArgumentError("task", "is required")
+        check_task_name(request.task)
         if not request.text.strip():
             raise InvalidArgumentError("text", "must not be empty")
         if len(request.text) > self.config.max_text_chars:

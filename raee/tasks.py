@@ -17,6 +17,7 @@ predict the token after the prompt and must not contain it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -34,6 +35,16 @@ TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 class TaskSpecError(ValueError):
     """A task spec is malformed; the message names the offending field."""
+
+
+class InvalidTaskNameError(ValueError):
+    """A task name that cannot name a task (also a folder and a collection name)."""
+
+
+def check_task_name(task: str) -> str:
+    if not re.fullmatch(TASK_NAME_PATTERN, task):
+        raise InvalidTaskNameError(f"task: {task!r} is not a valid task name ({TASK_NAME_PATTERN})")
+    return task
 
 
 class Metric(StrEnum):

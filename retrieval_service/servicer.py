@@ -14,6 +14,7 @@ from raee.serving.config import RetrievalConfig
 from raee.serving.errors import InvalidArgumentError, UpstreamUnavailableError, status_of
 from raee.serving.metrics import EXIT_LAYER, FALLBACKS, RETRIEVAL_STAGE_SECONDS
 from raee.store import TaskVersion
+from raee.tasks import check_task_name
 from raee.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from retrieval_service.engine import Answer, Query, RetrievalEngine
 
@@ -131,6 +132,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
 def _require_task(task: str) -> None:
     if not task:
         raise InvalidArgumentError("task", "is required")
+    check_task_name(task)
 
 
 def _observe(answer: Answer) -> None:

@@ -6,6 +6,7 @@ python scripts/gen_protos.py [--out DIR]
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -21,6 +22,7 @@ def generate(out: Path) -> list[Path]:
     include = str(files("grpc_tools") / "_proto")
     args = [
         "protoc",
+        *(f"--plugin=protoc-gen-{name}={_plugin(name)}" for name in ("mypy", "mypy_grpc")),
         f"-I{PROTO_DIR}",
         f"-I{include}",
         f"--python_out={out}",
@@ -36,6 +38,15 @@ def generate(out: Path) -> list[Path]:
         '"""Generated gRPC stubs of proto/raee/v1 (scripts/gen_protos.py)."""\n'
     )
     return sorted(package.iterdir())
+
+
+def _plugin(name: str) -> Path:
+    """mypy-protobuf's protoc plugins, next to this Python (the venv need not be on PATH)."""
+    beside = Path(sys.executable).parent / f"protoc-gen-{name}"
+    found = beside if beside.exists() else shutil.which(f"protoc-gen-{name}")
+    if found is None:
+        raise SystemExit(f"protoc-gen-{name} not found: install the dev extras (mypy-protobuf)")
+    return Path(found)
 
 
 def main() -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
 
+from ingest import run_ingest
 from raee.backbone import Backbone
+from raee.data import read_examples
 from raee.demo import DEMO_DIR
 from raee.encoder import QueryEncoder
+from raee.pair import ServicePair, start_pair
+from raee.serving.config import InferenceConfig, RetrievalConfig
 from raee.store import ExitStore, open_store
 from raee.tasks import TaskSpec
 
@@ -80,3 +84,35 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ExitStore]
         opened = open_store(f"local:{tmp_path / 'qdrant'}")
     yield opened
     opened.close()
+
+
+@pytest.fixture(scope="module")
+def served_home(
+    tmp_path_factory: pytest.TempPathFactory, gemma: Backbone, encoder: QueryEncoder, demo_spec: TaskSpec
+) -> Path:
+    """An embedded store holding the demo task (one per test module)."""
+    folder = tmp_path_factory.mktemp("served-home")
+    examples, _ = read_examples(DEMO_DIR / "train.jsonl", demo_spec)
+    run_ingest(
+        demo_spec, examples, backbone=gemma, encoder=encoder, store=open_store(home=folder), progress=False
+    )
+    return folder
+
+
+async def start_demo_pair(
+    home: Path, gemma: Backbone, encoder: QueryEncoder, **inference: object
+) -> ServicePair:
+    """Both services on localhost ports picked by the OS, sharing the session's models."""
+    return await start_pair(
+        RetrievalConfig(port=0, metrics_port=0, home=str(home)),
+        InferenceConfig(port=0, metrics_port=0, max_wait_ms=20.0, **inference),  # type: ignore[arg-type]
+        backbone=gemma,
+        encoder=encoder,
+    )
+
+
+@pytest.fixture(scope="module")
+async def pair(served_home: Path, gemma: Backbone, encoder: QueryEncoder) -> AsyncIterator[ServicePair]:
+    started = await start_demo_pair(served_home, gemma, encoder)
+    yield started
+    await started.stop()

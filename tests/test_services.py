@@ -20,11 +20,11 @@ from raee.data import read_examples
 from raee.demo import DEMO_DIR
 from raee.encoder import QueryEncoder
 from raee.exit_rule import choose_exit
-from raee.pair import ServicePair, start_pair
-from raee.serving.config import InferenceConfig, RetrievalConfig
+from raee.pair import ServicePair
 from raee.store import VersionMeta, open_store
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, retrieval_pb2, retrieval_pb2_grpc
+from tests.conftest import start_demo_pair
 
 TEXTS = [
     "a lovely film with a big heart .",
@@ -38,34 +38,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def home(
-    tmp_path_factory: pytest.TempPathFactory, gemma: Backbone, encoder: QueryEncoder, demo_spec: TaskSpec
-) -> Path:
-    folder = tmp_path_factory.mktemp("services-home")
-    examples, _ = read_examples(DEMO_DIR / "train.jsonl", demo_spec)
-    run_ingest(
-        demo_spec, examples, backbone=gemma, encoder=encoder, store=open_store(home=folder), progress=False
-    )
-    return folder
-
-
-async def _pair(home: Path, gemma: Backbone, encoder: QueryEncoder, **inference: object) -> ServicePair:
-    return await start_pair(
-        RetrievalConfig(port=0, metrics_port=0, home=str(home)),
-        InferenceConfig(port=0, metrics_port=0, max_wait_ms=20.0, **inference),  # type: ignore[arg-type]
-        backbone=gemma,
-        encoder=encoder,
-    )
-
-
-@pytest.fixture(scope="module")
-async def pair(home: Path, gemma: Backbone, encoder: QueryEncoder) -> AsyncIterator[ServicePair]:
-    started = await _pair(home, gemma, encoder)
-    yield started
-    await started.stop()
-
-
 @pytest.fixture
 async def client(pair: ServicePair) -> AsyncIterator[InferenceClient]:
     async with InferenceClient(pair.inference_address) as opened:
@@ -73,10 +45,10 @@ async def client(pair: ServicePair) -> AsyncIterator[InferenceClient]:
 
 
 def library_answer(
-    gemma: Backbone, encoder: QueryEncoder, home: Path, spec: TaskSpec, text: str
+    gemma: Backbone, encoder: QueryEncoder, served_home: Path, spec: TaskSpec, text: str
 ) -> tuple[str, int]:
     """What the library computes directly, without any service: the reference for the tests."""
-    store = open_store(home=home)
+    store = open_store(home=served_home)
     neighbours = store.search(spec.name, encoder.encode([spec.key_text(text)]), 12).neighbours[0]
     exit_layer = choose_exit(neighbours, gemma.num_layers).exit_layer
     probabilities = gemma.for_task(spec).predict_at([text], exit_layer)[0]
@@ -84,11 +56,13 @@ def library_answer(
 
 
 async def test_classify_matches_the_library(
-    client: InferenceClient, gemma: Backbone, encoder: QueryEncoder, home: Path, demo_spec: TaskSpec
+    client: InferenceClient, gemma: Backbone, encoder: QueryEncoder, served_home: Path, demo_spec: TaskSpec
 ) -> None:
     for text in TEXTS:
         answer = await client.classify(demo_spec.name, text)
-        assert (answer.label, answer.exit_layer) == library_answer(gemma, encoder, home, demo_spec, text)
+        assert (answer.label, answer.exit_layer) == library_answer(
+            gemma, encoder, served_home, demo_spec, text
+        )
         assert answer.num_layers == 18
         assert not answer.degraded
         assert len(answer.probabilities) == 2
@@ -247,7 +221,7 @@ async def test_health_and_reflection(pair: ServicePair) -> None:
 
 
 async def test_new_task_is_served_without_restart(
-    pair: ServicePair, client: InferenceClient, home: Path, gemma: Backbone, encoder: QueryEncoder
+    pair: ServicePair, client: InferenceClient, served_home: Path, gemma: Backbone, encoder: QueryEncoder
 ) -> None:
     spec = TaskSpec.from_flags("fresh", "{text} This is", ["bad=bad", "good=good"])
     examples, _ = read_examples(DEMO_DIR / "train.jsonl", TaskSpec.from_file(DEMO_DIR / "task.yaml"))
@@ -256,16 +230,21 @@ async def test_new_task_is_served_without_restart(
         await client.classify("fresh", TEXTS[0])
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     run_ingest(
-        spec, relabelled[:16], backbone=gemma, encoder=encoder, store=open_store(home=home), progress=False
+        spec,
+        relabelled[:16],
+        backbone=gemma,
+        encoder=encoder,
+        store=open_store(home=served_home),
+        progress=False,
     )
     answer = await client.classify("fresh", TEXTS[0])
     assert answer.label in ("bad", "good")
 
 
 async def test_backbone_mismatch_is_a_failed_precondition(
-    pair: ServicePair, client: InferenceClient, home: Path, encoder: QueryEncoder, demo_spec: TaskSpec
+    pair: ServicePair, client: InferenceClient, served_home: Path, encoder: QueryEncoder, demo_spec: TaskSpec
 ) -> None:
-    store = open_store(home=home)
+    store = open_store(home=served_home)
     spec = TaskSpec.from_flags(
         "other-backbone", demo_spec.template, [f"{label.name}={label.word}" for label in demo_spec.labels]
     )
@@ -282,9 +261,9 @@ async def test_backbone_mismatch_is_a_failed_precondition(
 
 
 async def test_worker_degrades_to_full_depth_without_retrieval(
-    home: Path, gemma: Backbone, encoder: QueryEncoder, demo_spec: TaskSpec
+    served_home: Path, gemma: Backbone, encoder: QueryEncoder, demo_spec: TaskSpec
 ) -> None:
-    pair = await _pair(home, gemma, encoder, retrieval_timeout_ms=500.0)
+    pair = await start_demo_pair(served_home, gemma, encoder, retrieval_timeout_ms=500.0)
     try:
         async with InferenceClient(pair.inference_address) as client:
             healthy = await client.classify(demo_spec.name, TEXTS[1])  # caches the task spec

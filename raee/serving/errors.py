@@ -8,7 +8,7 @@ import grpc
 
 from raee.backbone import InputTooLongError
 from raee.store import StoreUnavailableError, TaskNotFoundError
-from raee.tasks import TaskSpecError
+from raee.tasks import InvalidTaskNameError, TaskSpecError
 
 
 class InvalidArgumentError(ValueError):
@@ -47,6 +47,7 @@ class StatusError(RuntimeError):
 _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (InputTooLongError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidTaskNameError, grpc.StatusCode.INVALID_ARGUMENT),
     (TaskNotFoundError, grpc.StatusCode.NOT_FOUND),
     (BackboneMismatchError, grpc.StatusCode.FAILED_PRECONDITION),
     (TaskSpecError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -8,7 +8,6 @@ a half-written one is never seen.
 
 from __future__ import annotations
 
-import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from raee.exit_info import ExitInfo
-from raee.tasks import TASK_NAME_PATTERN, TaskSpec
+from raee.tasks import TaskSpec
 
 
 class StoreError(RuntimeError):
@@ -37,12 +36,6 @@ class TaskNotFoundError(LookupError):
     def __init__(self, task: str) -> None:
         super().__init__(f"task {task!r} has no published version; ingest it first")
         self.task = task
-
-
-def check_task_name(task: str) -> str:
-    if not re.fullmatch(TASK_NAME_PATTERN, task):
-        raise ValueError(f"task: {task!r} is not a valid task name ({TASK_NAME_PATTERN})")
-    return task
 
 
 def new_version_id() -> str:

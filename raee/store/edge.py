@@ -39,10 +39,10 @@ from raee.store.base import (
     TaskVersion,
     VersionMeta,
     VersionWriter,
-    check_task_name,
     new_version_id,
 )
 from raee.store.base import Neighbour as _Neighbour
+from raee.tasks import check_task_name
 
 logger = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from raee.store.base import (
     TaskVersion,
     VersionMeta,
     VersionWriter,
-    check_task_name,
     new_version_id,
 )
+from raee.tasks import check_task_name
 
 logger = logging.getLogger(__name__)
 
