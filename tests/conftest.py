@@ -105,7 +105,7 @@ async def start_demo_pair(
     """Both services on localhost ports picked by the OS, sharing the session's models."""
     return await start_pair(
         RetrievalConfig(port=0, metrics_port=0, home=str(home)),
-        InferenceConfig(port=0, metrics_port=0, max_wait_ms=20.0, **inference),  # type: ignore[arg-type]
+        InferenceConfig(**{"port": 0, "metrics_port": 0, "max_wait_ms": 20.0, **inference}),  # type: ignore[arg-type]
         backbone=gemma,
         encoder=encoder,
     )
