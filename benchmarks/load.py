@@ -1,0 +1,115 @@
+"""Bounded load on localhost: N clients for S seconds against both services in this process.
+
+Reports p50/p99 latency, requests per second, errors by status, and the growth of
+the process's resident memory (services and clients share the process, so the
+figure is an upper bound for the services).
+
+    python benchmarks/load.py --task demo-sentiment --clients 16 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from raee.client import InferenceClient
+from raee.data import read_examples
+from raee.pair import start_pair
+from raee.serving.config import InferenceConfig, RetrievalConfig
+from raee.store import open_store
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    spec = open_store(home=args.home).get_task(args.task).spec
+    examples, _ = read_examples(args.data, spec)
+    texts = [e.text for e in examples]
+    pair = await start_pair(
+        RetrievalConfig(port=0, metrics_port=0, home=str(args.home)), InferenceConfig(port=0, metrics_port=0)
+    )
+    latencies: list[float] = []
+    errors: collections.Counter[str] = collections.Counter()
+    degraded = 0
+    try:
+        async with InferenceClient(pair.inference_address) as warm:
+            for text in texts[:16]:
+                await warm.classify(args.task, text)
+        rss_start = rss_mb()
+        deadline = time.monotonic() + args.seconds
+
+        async def client_loop(index: int) -> None:
+            nonlocal degraded
+            async with InferenceClient(pair.inference_address, timeout_s=30) as client:
+                i = index
+                while time.monotonic() < deadline:
+                    started = time.perf_counter()
+                    try:
+                        answer = await client.classify(args.task, texts[i % len(texts)])
+                        degraded += answer.degraded
+                    except grpc.aio.AioRpcError as error:
+                        errors[error.code().name] += 1
+                    latencies.append(1000 * (time.perf_counter() - started))
+                    i += args.clients
+
+        started = time.monotonic()
+        await asyncio.gather(*(client_loop(c) for c in range(args.clients)))
+        elapsed = time.monotonic() - started
+        rss_end = rss_mb()
+    finally:
+        await pair.stop()
+    return {
+        "task": args.task,
+        "clients": args.clients,
+        "seconds": round(elapsed, 1),
+        "requests": len(latencies),
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "errors": dict(errors),
+        "degraded": degraded,
+        "rss_start_mb": round(rss_start),
+        "rss_end_mb": round(rss_end),
+        "rss_growth_mb": round(rss_end - rss_start, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--task", default="demo-sentiment")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="texts to send (default: the demo's test set)"
+    )
+    parser.add_argument("--home", type=Path, default=Path(".raee"))
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.data is None:
+        from raee.demo import DEMO_DIR
+
+        args.data = DEMO_DIR / "test.jsonl"
+    report = asyncio.run(run(args))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
