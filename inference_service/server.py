@@ -18,7 +18,6 @@ from raee.serving.security import bearer_metadata, channel_credentials, open_cha
 from raee.serving.server import (
     MAX_MESSAGE_BYTES,
     RunningServer,
-    ServerSecurity,
     start_server,
     wait_for_shutdown_signal,
 )
@@ -52,7 +51,7 @@ async def start(config: InferenceConfig, *, backbone: Backbone | None = None) ->
         port=config.port,
         register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
-        security=ServerSecurity(config.auth_token, config.tls_cert, config.tls_key, config.tls_client_ca),
+        security=config.security,
     )
     logger.info("inference worker listening on port %d; loading backbone", running.port)
     if backbone is None:

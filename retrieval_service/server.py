@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from raee.encoder import QueryEncoder
 from raee.serving.config import RetrievalConfig
 from raee.serving.metrics import serve_metrics
-from raee.serving.server import RunningServer, ServerSecurity, start_server, wait_for_shutdown_signal
+from raee.serving.server import RunningServer, start_server, wait_for_shutdown_signal
 from raee.store import ExitStore, open_store
 from raee.v1 import retrieval_pb2_grpc
 from retrieval_service.engine import RetrievalEngine
@@ -41,7 +41,7 @@ async def start(config: RetrievalConfig, *, encoder: QueryEncoder | None = None)
         port=config.port,
         register=lambda server: retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
-        security=ServerSecurity(config.auth_token, config.tls_cert, config.tls_key, config.tls_client_ca),
+        security=config.security,
     )
     logger.info("retrieval service listening on port %d; loading models", running.port)
     store = open_store(config.store_url or None, home=config.home)

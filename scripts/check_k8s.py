@@ -1749,6 +1749,9 @@ def config_classes(path: Path) -> dict[str, dict[str, object]]:
         if not isinstance(node, ast.ClassDef):
             continue
         keys: dict[str, object] = {}
+        for base in node.bases:  # fields inherited from a config base class defined earlier
+            if isinstance(base, ast.Name):
+                keys.update(classes.get(base.id, {}))
         for stmt in node.body:
             call = stmt.value if isinstance(stmt, ast.AnnAssign) else None
             if (

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from raee.encoder import DEFAULT_ENCODER
 from raee.model_loading import DEFAULT_BACKBONE
+from raee.serving.server import ServerSecurity
 
 T = TypeVar("T")
 
@@ -25,7 +26,24 @@ def env(name: str, default: Any, help: str, *, secret: bool = False) -> Any:
 
 
 @dataclass(frozen=True)
-class RetrievalConfig:
+class ServiceConfig:
+    """What both services read: limits, shutdown grace, TLS files, bearer token."""
+
+    max_text_chars: int = env("RAEE_MAX_TEXT_CHARS", 8192, "longest accepted text")
+    max_batch_requests: int = env("RAEE_MAX_BATCH_REQUESTS", 1024, "most items in one batch call")
+    grace_s: float = env("RAEE_GRACE_S", 10.0, "graceful-shutdown grace period, seconds")
+    auth_token: str = env("RAEE_AUTH_TOKEN", "", "bearer token callers must send; empty: none", secret=True)
+    tls_cert: str = env("RAEE_TLS_CERT", "", "server certificate (PEM file); empty: plaintext")
+    tls_key: str = env("RAEE_TLS_KEY", "", "server private key (PEM file)")
+    tls_client_ca: str = env("RAEE_TLS_CLIENT_CA", "", "CA of client certificates: mutual TLS")
+
+    @property
+    def security(self) -> ServerSecurity:
+        return ServerSecurity(self.auth_token, self.tls_cert, self.tls_key, self.tls_client_ca)
+
+
+@dataclass(frozen=True)
+class RetrievalConfig(ServiceConfig):
     port: int = env("RAEE_RETRIEVAL_PORT", 50051, "gRPC port")
     metrics_port: int = env("RAEE_RETRIEVAL_METRICS_PORT", 9101, "Prometheus /metrics port (0: off)")
     store_url: str = env("RAEE_QDRANT_URL", "", "Qdrant URL; empty: the embedded store")
@@ -33,17 +51,10 @@ class RetrievalConfig:
     encoder: str = env("RAEE_ENCODER", DEFAULT_ENCODER, "sentence-transformers model")
     default_k: int = env("RAEE_DEFAULT_K", 12, "neighbours per query when the request sets none")
     max_k: int = env("RAEE_MAX_K", 256, "largest k a request may ask for")
-    max_text_chars: int = env("RAEE_MAX_TEXT_CHARS", 8192, "longest accepted text")
-    max_batch_requests: int = env("RAEE_MAX_BATCH_REQUESTS", 1024, "most queries in one batch call")
-    grace_s: float = env("RAEE_GRACE_S", 10.0, "graceful-shutdown grace period, seconds")
-    auth_token: str = env("RAEE_AUTH_TOKEN", "", "bearer token callers must send; empty: none", secret=True)
-    tls_cert: str = env("RAEE_TLS_CERT", "", "server certificate (PEM file); empty: plaintext")
-    tls_key: str = env("RAEE_TLS_KEY", "", "server private key (PEM file)")
-    tls_client_ca: str = env("RAEE_TLS_CLIENT_CA", "", "CA of client certificates: mutual TLS")
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
+class InferenceConfig(ServiceConfig):
     port: int = env("RAEE_INFERENCE_PORT", 50052, "gRPC port")
     metrics_port: int = env("RAEE_INFERENCE_METRICS_PORT", 9102, "Prometheus /metrics port (0: off)")
     retrieval_addr: str = env("RAEE_RETRIEVAL_ADDR", "localhost:50051", "retrieval service host:port")
@@ -55,13 +66,6 @@ class InferenceConfig:
         "RAEE_RETRIEVAL_TIMEOUT_MS", 1000.0, "then answer at full depth, degraded"
     )
     task_ttl_s: float = env("RAEE_TASK_TTL_S", 5.0, "how long a task's spec is trusted before rechecking")
-    max_text_chars: int = env("RAEE_MAX_TEXT_CHARS", 8192, "longest accepted text")
-    max_batch_requests: int = env("RAEE_MAX_BATCH_REQUESTS", 1024, "most texts in one ClassifyBatch call")
-    grace_s: float = env("RAEE_GRACE_S", 10.0, "graceful-shutdown grace period, seconds")
-    auth_token: str = env("RAEE_AUTH_TOKEN", "", "bearer token callers must send; empty: none", secret=True)
-    tls_cert: str = env("RAEE_TLS_CERT", "", "server certificate (PEM file); empty: plaintext")
-    tls_key: str = env("RAEE_TLS_KEY", "", "server private key (PEM file)")
-    tls_client_ca: str = env("RAEE_TLS_CLIENT_CA", "", "CA of client certificates: mutual TLS")
     retrieval_token: str = env(
         "RAEE_RETRIEVAL_TOKEN", "", "bearer token for the retrieval service", secret=True
     )
