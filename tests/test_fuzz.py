@@ -7,6 +7,7 @@ long campaign (docs/reliability.md), which also reports the process's memory gro
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import resource
 
@@ -14,6 +15,7 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from raee.pair import ServicePair
 from raee.tasks import TaskSpec
@@ -146,4 +148,12 @@ async def test_services_survive_the_fuzzing(pair: ServicePair, demo_spec: TaskSp
         )
     )
     assert all(a.label in demo_spec.label_names for a in answers)
-    print(f"max RSS {before:.0f} MB after {EXAMPLES} fuzz examples per test")
+    by_code: collections.Counter[str] = collections.Counter()
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == "raee_grpc_request_seconds_count":
+                by_code[sample.labels["code"]] += int(sample.value)
+    assert by_code["INTERNAL"] == 0
+    assert by_code["UNKNOWN"] == 0
+    total = sum(by_code.values())
+    print(f"\nfuzz: {total} requests in this process, by status {dict(by_code)}; max RSS {before:.0f} MB")
