@@ -27,7 +27,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Classify(
         self, request: inference_pb2.ClassifyRequest, context: aio.ServicerContext
     ) -> inference_pb2.ClassifyResponse:
-        return to_response(await self._batcher().submit(self.work_item(request)))
+        item = self.work_item(request)
+        return to_response(await asyncio.wait_for(self._batcher().submit(item), self._timeout(context)))
 
     async def ClassifyBatch(
         self, request: inference_pb2.ClassifyBatchRequest, context: aio.ServicerContext
@@ -38,8 +39,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if len(request.requests) > limit:
             raise InvalidArgumentError("requests", f"{len(request.requests)} exceed the limit of {limit}")
         batcher = self._batcher()
-        outcomes = await asyncio.gather(
-            *(self._one(batcher, item) for item in request.requests), return_exceptions=True
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(self._one(batcher, item) for item in request.requests), return_exceptions=True),
+            self._timeout(context),
         )
         results = []
         for outcome in outcomes:
@@ -57,6 +59,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, batcher: MicroBatcher[WorkItem, Outcome], item: inference_pb2.ClassifyRequest
     ) -> Outcome:
         return await batcher.submit(self.work_item(item))
+
+    def _timeout(self, context: aio.ServicerContext) -> float:
+        """The client's deadline, or the server's default for calls that set none."""
+        remaining = context.time_remaining()
+        return float(remaining) if remaining is not None else self.config.default_deadline_s
 
     def _batcher(self) -> MicroBatcher[WorkItem, Outcome]:
         if self.batcher is None:

@@ -101,7 +101,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
 
     async def _answer(self, queries: Sequence[Query]) -> list[Answer | Exception]:
         engine = self._engine()
-        answers = await self._run(engine.answer, queries)
+        answers = await asyncio.wait_for(self._run(engine.answer, queries), self.config.default_deadline_s)
         for answer in answers:
             if isinstance(answer, Answer):
                 _observe(answer)

@@ -7,11 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+import pytest
 
 from raee.backbone import Backbone
 from raee.client import InferenceClient
 from raee.encoder import QueryEncoder
 from raee.tasks import TaskSpec
+from raee.v1 import inference_pb2, inference_pb2_grpc
 from retrieval_service import server as retrieval_server
 from tests.conftest import start_demo_pair
 
@@ -74,3 +76,19 @@ async def test_full_queue_is_resource_exhausted_not_unbounded(
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
     refused = next(r for r in results if isinstance(r, grpc.aio.AioRpcError))
     assert "queue is full" in (refused.details() or "")
+
+
+async def test_calls_without_a_deadline_get_the_default(
+    served_home: Path, gemma: Backbone, encoder: QueryEncoder, demo_spec: TaskSpec
+) -> None:
+    pair = await start_demo_pair(served_home, gemma, encoder, default_deadline_s=0.001)
+    try:
+        async with grpc.aio.insecure_channel(pair.inference_address) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Classify(
+                    inference_pb2.ClassifyRequest(task=demo_spec.name, text="no deadline set")
+                )
+    finally:
+        await pair.stop()
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -241,3 +241,35 @@ async def test_unreachable_store_is_unavailable_quickly(encoder: QueryEncoder) -
             assert time.monotonic() - started < 5
     finally:
         await server.stop(0)
+
+
+def test_qdrant_api_key_is_sent_to_the_server() -> None:
+    """A stand-in HTTP server records what qdrant-client sends (no Qdrant server installs here)."""
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("api-key"))
+            body = b'{"result": {"aliases": []}, "status": "ok", "time": 0.0}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        store = open_store(f"http://127.0.0.1:{server.server_address[1]}", api_key="qdrant-key-51c0")
+        assert store.list_tasks() == []
+        store.close()
+    finally:
+        server.shutdown()
+    assert seen
+    assert seen[-1] == "qdrant-key-51c0"

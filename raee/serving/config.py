@@ -32,6 +32,7 @@ class ServiceConfig:
     max_text_chars: int = env("RAEE_MAX_TEXT_CHARS", 8192, "longest accepted text")
     max_batch_requests: int = env("RAEE_MAX_BATCH_REQUESTS", 1024, "most items in one batch call")
     grace_s: float = env("RAEE_GRACE_S", 10.0, "graceful-shutdown grace period, seconds")
+    default_deadline_s: float = env("RAEE_DEFAULT_DEADLINE_S", 30.0, "deadline of calls that set none")
     auth_token: str = env("RAEE_AUTH_TOKEN", "", "bearer token callers must send; empty: none", secret=True)
     tls_cert: str = env("RAEE_TLS_CERT", "", "server certificate (PEM file); empty: plaintext")
     tls_key: str = env("RAEE_TLS_KEY", "", "server private key (PEM file)")
