@@ -19,16 +19,18 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ingest.job import Shard
 from raee.data import DataError, read_examples
+from raee.defaults import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from raee.demo import DEMO_DIR
-from raee.encoder import DEFAULT_ENCODER
 from raee.logs import configure_logging
-from raee.model_loading import DEFAULT_BACKBONE, BackboneLoadError
 from raee.serving import config as service_config
 from raee.store import StoreError, TaskNotFoundError
 from raee.tasks import TaskSpec, TaskSpecError
+
+if TYPE_CHECKING:
+    from ingest.job import Shard
 
 __all__ = ["DEMO_DIR", "build_parser", "main"]
 
@@ -38,12 +40,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     try:
         return int(args.handler(args))
-    except (TaskSpecError, DataError, StoreError, TaskNotFoundError, BackboneLoadError, ValueError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors of the user's input or environment: a message and exit status 2, no traceback."""
+    from raee.model_loading import BackboneLoadError  # imports torch: only once something failed
+
+    return (TaskSpecError, DataError, StoreError, TaskNotFoundError, BackboneLoadError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,6 +200,8 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _shard_from_args(args: argparse.Namespace) -> Shard | None:
+    from ingest.job import Shard
+
     sharding = (args.version, args.shard_index, args.shard_count)
     if all(value is None for value in sharding) and not args.no_publish:
         return None
@@ -231,7 +244,7 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from raee.demo import run_demo
+    from raee.demo.run import run_demo
 
     return asyncio.run(run_demo(args.home, args.backbone, args.encoder))
 

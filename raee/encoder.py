@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
+from raee.defaults import DEFAULT_ENCODER
 from raee.fingerprint import weights_fingerprint
-
-DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 
 
 class QueryEncoder:

@@ -28,11 +28,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from raee.defaults import DEFAULT_BACKBONE
 from raee.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "gemma-3-270m"
 BackboneKind = Literal["causal", "masked"]
 
 

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sklearn.metrics import accuracy_score, matthews_corrcoef
 
 TEXT_SLOT = "{text}"
 MASK_SLOT = "{mask}"
@@ -55,6 +54,8 @@ class Metric(StrEnum):
         """The metric in percent (Matthews correlation x 100 for ``matthews_corrcoef``)."""
         if len(predictions) == 0:
             raise ValueError("cannot score an empty set of predictions")
+        from sklearn.metrics import accuracy_score, matthews_corrcoef  # heavy: only when scoring
+
         if self is Metric.ACCURACY:
             return 100.0 * float(accuracy_score(gold, predictions))
         return 100.0 * float(matthews_corrcoef(gold, predictions))

@@ -13,9 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from raee.encoder import DEFAULT_ENCODER
-from raee.model_loading import DEFAULT_BACKBONE
-from raee.serving.server import ServerSecurity
+from raee.defaults import DEFAULT_BACKBONE, DEFAULT_ENCODER
+from raee.serving.security import ServerSecurity
 
 T = TypeVar("T")
 

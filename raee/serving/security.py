@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,16 @@ import grpc
 from grpc import aio
 
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    """TLS files and bearer token of a server (empty strings: off)."""
+
+    auth_token: str = field(default="", repr=False)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
 
 
 class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]

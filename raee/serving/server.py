@@ -12,14 +12,14 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from raee.serving.interceptors import ErrorMappingInterceptor
-from raee.serving.security import BearerTokenInterceptor, server_credentials
+from raee.serving.security import BearerTokenInterceptor, ServerSecurity, server_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +29,6 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 ]
-
-
-@dataclass(frozen=True)
-class ServerSecurity:
-    """TLS files and bearer token of a server (empty strings: off)."""
-
-    auth_token: str = field(default="", repr=False)
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
 
 
 @dataclass
