@@ -1,8 +1,9 @@
 """Bounded load on localhost: N clients for S seconds against both services in this process.
 
-Reports p50/p99 latency, requests per second, errors by status, and the growth of
-the process's resident memory (services and clients share the process, so the
-figure is an upper bound for the services).
+Reports p50/p99 latency, requests per second, errors by status, and the process's
+resident memory through the run (services and clients share the process, so the
+figures are an upper bound for the services): growth that levels off is warm-up
+(allocator pools, buffers for new batch shapes), growth that does not is a leak.
 
     python benchmarks/load.py --task demo-sentiment --clients 16 --seconds 60
 """
@@ -65,8 +66,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     latencies.append(1000 * (time.perf_counter() - started))
                     i += args.clients
 
+        rss_series: list[float] = []
+
+        async def sample_rss() -> None:
+            while time.monotonic() < deadline:
+                rss_series.append(round(rss_mb()))
+                await asyncio.sleep(args.seconds / 12)
+
         started = time.monotonic()
-        await asyncio.gather(*(client_loop(c) for c in range(args.clients)))
+        await asyncio.gather(sample_rss(), *(client_loop(c) for c in range(args.clients)))
         elapsed = time.monotonic() - started
         rss_end = rss_mb()
     finally:
@@ -84,6 +92,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "rss_start_mb": round(rss_start),
         "rss_end_mb": round(rss_end),
         "rss_growth_mb": round(rss_end - rss_start, 1),
+        "rss_every_twelfth_of_the_run_mb": rss_series,
     }
 
 
