@@ -193,14 +193,37 @@ def test_services_as_separate_processes_configured_by_env(
                         pass
                     assert time.monotonic() < deadline, f"{service} never became SERVING"
                     await asyncio.sleep(0.5)
-        async with InferenceClient(f"localhost:{inference_port}") as client:
+        texts = [f"sentence {i} of the load was great ." for i in range(24)]
+        async with InferenceClient(f"localhost:{inference_port}", timeout_s=60) as client:
             answer = await client.classify(demo_spec.name, "a lovely film with a big heart .")
             assert answer.label in demo_spec.label_names and not answer.degraded
 
+            # SIGTERM to the retrieval service under load: every call still succeeds
+            # (finished by the draining service, or answered degraded after it left).
+            load = [asyncio.ensure_future(client.classify(demo_spec.name, t)) for t in texts]
+            await asyncio.sleep(0.1)
+            retrieval.send_signal(signal.SIGTERM)
+            answers = await asyncio.gather(*load)
+            assert all(a.label in demo_spec.label_names for a in answers)
+            assert await asyncio.to_thread(retrieval.wait, 60) == 0
+            assert (await client.classify(demo_spec.name, "after retrieval left")).degraded
+
+            # SIGTERM to the worker under load: in-flight calls finish, new ones are refused.
+            load = [asyncio.ensure_future(client.classify(demo_spec.name, t)) for t in texts]
+            await asyncio.sleep(0.1)
+            inference.send_signal(signal.SIGTERM)
+            answers = await asyncio.gather(*load)
+            assert all(a.label in demo_spec.label_names for a in answers)
+            await asyncio.sleep(0.5)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.classify(demo_spec.name, "too late")
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
     try:
         asyncio.run(scenario())
-    finally:
+    except BaseException:
         for process in (inference, retrieval):
-            process.send_signal(signal.SIGTERM)
-    assert inference.wait(timeout=60) == 0
+            process.kill()
+        raise
+    assert inference.wait(timeout=60) == 0  # SIGTERM'd inside the scenario: a clean exit
     assert retrieval.wait(timeout=60) == 0
