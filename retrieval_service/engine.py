@@ -100,7 +100,7 @@ class RetrievalEngine:
                         "embedding", f"has {query.embedding.size} values, the task's keys have {dim}"
                     )
                     continue
-                norm = float(np.linalg.norm(query.embedding))
+                norm = float(np.linalg.norm(query.embedding.astype(np.float64)))
                 if not np.isfinite(norm) or norm == 0.0:
                     results[position] = InvalidArgumentError("embedding", "must be finite and non-zero")
                     continue
