@@ -15,6 +15,7 @@ For a batch of requests the worker
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -169,7 +170,8 @@ class InferenceWorker:
                 raise TaskNotFoundError(name) from None
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise StatusError(error.code(), error.details() or "invalid task") from None
-            if cached is not None:  # retrieval is down: keep serving what we know
+            if cached is not None:  # retrieval is down: serve what we know, ask again after the TTL
+                self._tasks[name] = dataclasses.replace(cached, fetched_at=time.monotonic())
                 return cached
             raise UpstreamUnavailableError(
                 f"task {name!r}: the retrieval service is unavailable ({error.code().name})"
