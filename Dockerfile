@@ -26,6 +26,7 @@ COPY raee ./raee
 COPY ingest ./ingest
 COPY retrieval_service ./retrieval_service
 COPY inference_service ./inference_service
+COPY evaluation ./evaluation
 RUN pip install -c constraints.txt . \
     && raee --help > /dev/null
 

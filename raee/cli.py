@@ -123,6 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("texts", nargs="+", metavar="TEXT")
     classify.set_defaults(handler=_classify)
 
+    evaluate = commands.add_parser("eval", help="RAEE against its baselines on benchmark tasks, via gRPC")
+    evaluate.add_argument(
+        "--data-root", type=Path, default=Path("../shared/data"), help="<task>/{train,test}.jsonl"
+    )
+    evaluate.add_argument("--family", action="append", choices=["paper", "cloze"], help="(both)")
+    evaluate.add_argument(
+        "--task", action="append", help="(sst2 sst5 mr cr trec cola); --task none: only --task-dir ones"
+    )
+    evaluate.add_argument(
+        "--task-dir", action="append", type=Path, default=[], help="task.yaml + train/test.jsonl"
+    )
+    evaluate.add_argument("--train-limit", type=int, default=None, help="a seeded sample of N train rows")
+    evaluate.add_argument("--tau-sample", type=int, default=500, help="train rows to choose tau on (500)")
+    evaluate.add_argument("--latency-sample", type=int, default=50, help="texts timed one by one (50)")
+    evaluate.add_argument("--out", type=Path, default=Path("docs/results"))
+    _store_flags(evaluate, url=False)
+    _model_flags(evaluate)
+    evaluate.set_defaults(handler=_eval)
+
     prepare = commands.add_parser("prepare", help="convert and cache the backbone, check the encoder")
     _model_flags(prepare)
     prepare.set_defaults(handler=_prepare)
@@ -316,6 +335,35 @@ async def _run_classify(args: argparse.Namespace) -> int:
                 f"{answer.label}\texit {answer.exit_layer}/{answer.num_layers}\t"
                 f"retrieval {answer.retrieval_ms:.1f} ms\tforward {answer.forward_ms:.1f} ms\t{text}{note}"
             )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from evaluation.report import markdown
+    from evaluation.runner import benchmark_tasks, folder_task, run_eval
+    from raee.paths import raee_home
+
+    task_names = args.task or ["sst2", "sst5", "mr", "cr", "trec", "cola"]
+    names = [] if task_names == ["none"] else task_names
+    tasks = benchmark_tasks(args.data_root, args.family or ["paper", "cloze"], names)
+    tasks += [folder_task(folder) for folder in args.task_dir]
+    if not tasks:
+        raise ValueError("task: nothing to evaluate")
+    summary = asyncio.run(
+        run_eval(
+            tasks,
+            home=raee_home(args.home),
+            out=args.out,
+            command="raee " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else "raee eval",
+            backbone_source=args.backbone,
+            encoder_source=args.encoder,
+            train_limit=args.train_limit,
+            tau_sample=args.tau_sample,
+            latency_sample=args.latency_sample,
+        )
+    )
+    print(markdown(summary))
+    print(f"written to {args.out}/")
     return 0
 
 

@@ -50,7 +50,7 @@ class Metric(StrEnum):
     ACCURACY = "accuracy"
     MATTHEWS = "matthews_corrcoef"
 
-    def score(self, predictions: Sequence[int], gold: Sequence[int]) -> float:
+    def score(self, predictions: Sequence[int] | np.ndarray, gold: Sequence[int] | np.ndarray) -> float:
         """The metric in percent (Matthews correlation x 100 for ``matthews_corrcoef``)."""
         if len(predictions) == 0:
             raise ValueError("cannot score an empty set of predictions")

@@ -1,0 +1,1 @@
+"""Reproduce the paper's comparison: RAEE against honest baselines, through the running services."""

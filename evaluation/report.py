@@ -1,0 +1,90 @@
+"""The evaluation's outputs: ``summary.json``, a markdown table and PNG plots, each stating its origin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from evaluation.methods import METHODS
+
+
+def averages(tasks: dict[str, Any]) -> dict[str, dict[str, float]]:
+    return {
+        method: {
+            key: sum(t[method][key] for t in tasks.values()) / len(tasks)
+            for key in ("score", "avg_exit", "p50_ms")
+        }
+        for method in METHODS
+    }
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"Backbone `{summary['backbone']}` ({summary['num_layers']} layers); {summary['date']}; "
+        f"`{summary['command']}`. Score: accuracy %, CoLA Matthews correlation x 100; "
+        "in brackets, the average exit.",
+        "",
+    ]
+    for family, tasks in summary["families"].items():
+        lines.append(f"### {family}")
+        lines.append("")
+        lines.append("| task | " + " | ".join(METHODS) + " |")
+        lines.append("|---" * (len(METHODS) + 1) + "|")
+        rows = {**tasks, "**average**": averages(tasks)}
+        for task, methods in rows.items():
+            cells = [f"{methods[m]['score']:.1f} ({methods[m]['avg_exit']:.1f})" for m in METHODS]
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write(summary: dict[str, Any], details: dict[str, Any], out: Path) -> list[Path]:
+    """Write summary.json, results.md, details.json and the plots under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "summary.json", out / "results.md", out / "details.json"]
+    written[0].write_text(json.dumps(summary, indent=2) + "\n")
+    written[1].write_text(markdown(summary) + "\n")
+    written[2].write_text(json.dumps(details, indent=2) + "\n")
+    written += plots(summary, details, out)
+    return written
+
+
+def plots(summary: dict[str, Any], details: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    origin = f"{summary['backbone']} · {summary['date']} · {summary['command']}"
+    written = []
+    for family, tasks in details.items():
+        figure, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 2.8), squeeze=False)
+        for axis, (task, detail) in zip(axes[0], tasks.items(), strict=True):
+            histogram = detail["raee_exit_histogram"]
+            axis.bar(range(len(histogram)), histogram)
+            axis.set_title(task)
+            axis.set_xlabel("exit layer")
+        axes[0][0].set_ylabel("queries")
+        figure.suptitle(f"RAEE exit layers, {family} templates", fontsize=10)
+        figure.text(0.01, 0.005, origin, fontsize=6)
+        figure.tight_layout(rect=(0, 0.03, 1, 1))
+        path = out / f"exit_histogram_{family}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(path)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for family, tasks in summary["families"].items():
+        for method, values in averages(tasks).items():
+            axis.scatter(values["avg_exit"], values["score"], label=f"{method} ({family})")
+    axis.set_xlabel(f"average exit layer (of {summary['num_layers']})")
+    axis.set_ylabel("average score")
+    axis.legend(fontsize=6, ncol=2)
+    figure.text(0.01, 0.005, origin, fontsize=6)
+    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    path = out / "score_vs_depth.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    written.append(path)
+    return written

@@ -1,0 +1,337 @@
+"""``raee eval``: ingest each task's train split, classify its test split through the services, score.
+
+For every task the runner
+
+1. ingests the train split, reusing the published version when the spec, the
+   backbone and the data (file hash and row limit) are unchanged;
+2. classifies the test split through the running gRPC services, in RAEE and FULL
+   mode (ClassifyBatch), and asks the retrieval service for the neighbours used;
+3. reads the exit probabilities of the test split, and of a train sample for the
+   confidence baseline's tau, from the backbone directly;
+4. measures batch-1 latency p50 through gRPC on a sample: RAEE, FULL, the static
+   exit (FIXED mode), and the retrieval call alone (the kNN vote's cost).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from evaluation.methods import TaskArrays, evaluate
+from ingest import run_ingest
+from raee.backbone import Backbone, TaskProbe
+from raee.client import classify_request
+from raee.data import Example, read_examples
+from raee.encoder import QueryEncoder
+from raee.store import ExitStore, TaskNotFoundError, TaskVersion
+from raee.tasks import TaskSpec
+from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+
+SPECS_DIR = Path(__file__).resolve().parent.parent / "examples" / "tasks"
+CHUNK = 64
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    family: str
+    task: str
+    spec: TaskSpec
+    train: Path
+    test: Path
+
+
+def benchmark_tasks(data_root: Path, families: Sequence[str], tasks: Sequence[str]) -> list[EvalTask]:
+    """The shipped specs (``examples/tasks/<family>/<task>.yaml``) over ``data_root/<task>``."""
+    found = []
+    for family in families:
+        for task in tasks:
+            spec_file = SPECS_DIR / family / f"{task}.yaml"
+            if not spec_file.is_file():
+                raise ValueError(f"family {family!r} has no spec for task {task!r} ({spec_file})")
+            found.append(EvalTask(family, task, TaskSpec.from_file(spec_file), *_splits(data_root / task)))
+    return found
+
+
+def folder_task(folder: Path, family: str = "custom") -> EvalTask:
+    """A task folder in the same layout: ``task.yaml``, ``train.jsonl``, ``test.jsonl``."""
+    spec = TaskSpec.from_file(folder / "task.yaml")
+    return EvalTask(family, spec.name, spec, *_splits(folder))
+
+
+def _splits(folder: Path) -> tuple[Path, Path]:
+    train, test = folder / "train.jsonl", folder / "test.jsonl"
+    for path in (train, test):
+        if not path.is_file():
+            raise ValueError(f"task data: {path} does not exist")
+    return train, test
+
+
+def data_fingerprint(path: Path, limit: int | None) -> str:
+    return f"{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}:{limit}"
+
+
+def ensure_ingested(
+    task: EvalTask,
+    *,
+    backbone: Backbone,
+    encoder: QueryEncoder,
+    store: ExitStore,
+    train_limit: int | None,
+) -> tuple[TaskVersion, bool]:
+    """The task's published version; ingests only when spec, backbone or data changed."""
+    fingerprint = data_fingerprint(task.train, train_limit)
+    try:
+        current = store.get_task(task.spec.name)
+        unchanged = (
+            current.spec == task.spec
+            and current.backbone_id == str(backbone.id)
+            and current.encoder_id == encoder.id
+            and current.stats.get("data_fingerprint") == fingerprint
+        )
+        if unchanged:
+            return current, True
+    except TaskNotFoundError:
+        pass
+    examples = _examples(task.train, task.spec, train_limit)
+    result = run_ingest(
+        task.spec,
+        examples,
+        backbone=backbone,
+        encoder=encoder,
+        store=store,
+        extra_stats={"data_file": str(task.train), "data_fingerprint": fingerprint},
+    )
+    assert result.version is not None
+    return result.version, False
+
+
+def _examples(path: Path, spec: TaskSpec, limit: int | None) -> list[Example]:
+    examples, errors = read_examples(path, spec)
+    if errors:
+        raise ValueError(f"{len(errors)} invalid rows in {path}; first: {errors[0]}")
+    if limit is not None and limit < len(examples):
+        # A seeded sample, not the first rows: data files are often sorted by label.
+        keep = np.sort(np.random.default_rng(13).choice(len(examples), limit, replace=False))
+        examples = [examples[i] for i in keep]
+    return examples
+
+
+def exit_probabilities(probe: TaskProbe, texts: Sequence[str], batch: int = 16) -> np.ndarray:
+    return np.concatenate(
+        [probe.exit_probabilities(texts[i : i + batch]) for i in range(0, len(texts), batch)]
+    )
+
+
+async def classify_all(
+    stub: inference_pb2_grpc.InferenceServiceStub, task: str, texts: Sequence[str], mode: str
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Label indices, exit layers and seconds of ``texts`` through ClassifyBatch."""
+    responses: list[inference_pb2.ClassifyResponse] = []
+    started = time.perf_counter()
+    for i in range(0, len(texts), CHUNK):
+        request = inference_pb2.ClassifyBatchRequest(
+            requests=[classify_request(task, text, mode) for text in texts[i : i + CHUNK]]
+        )
+        reply = await stub.ClassifyBatch(request, timeout=600)
+        for result in reply.results:
+            if result.HasField("error"):
+                raise RuntimeError(f"{task}: {mode} failed: {result.error.message}")
+            responses.append(result.response)
+    seconds = time.perf_counter() - started
+    return (
+        np.array([r.label_index for r in responses]),
+        np.array([r.exit_layer for r in responses]),
+        seconds,
+    )
+
+
+async def neighbour_labels(
+    stub: retrieval_pb2_grpc.RetrievalServiceStub, spec: TaskSpec, texts: Sequence[str]
+) -> np.ndarray:
+    rows: list[list[int]] = []
+    for i in range(0, len(texts), CHUNK):
+        request = retrieval_pb2.BatchExitDistributionRequest(
+            requests=[
+                retrieval_pb2.ExitDistributionRequest(task=spec.name, text=t, include_neighbours=True)
+                for t in texts[i : i + CHUNK]
+            ]
+        )
+        reply = await stub.BatchGetExitDistribution(request, timeout=600)
+        rows.extend([spec.label_index(n.label) for n in r.response.neighbours] for r in reply.results)
+    return np.array(rows)
+
+
+async def batch1_p50_ms(
+    inference: inference_pb2_grpc.InferenceServiceStub,
+    retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
+    task: str,
+    texts: Sequence[str],
+    fixed_exits: dict[str, int],
+) -> dict[str, float]:
+    """Batch-1 latency p50 per way of answering, the ways alternating request by request.
+
+    ``fixed_exits`` names methods served as a fixed exit (FIXED mode at that layer).
+    """
+
+    def fixed(layer: int) -> Any:
+        return lambda t: inference.Classify(classify_request(task, t, "fixed", layer), timeout=60)
+
+    calls: dict[str, Any] = {
+        "raee": lambda t: inference.Classify(classify_request(task, t, "raee"), timeout=60),
+        "full": lambda t: inference.Classify(classify_request(task, t, "full"), timeout=60),
+        "knn": lambda t: retrieval.GetExitDistribution(
+            retrieval_pb2.ExitDistributionRequest(task=task, text=t), timeout=60
+        ),
+        **{name: fixed(layer) for name, layer in fixed_exits.items()},
+    }
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    for text in texts:
+        for name, call in calls.items():
+            started = time.perf_counter()
+            await call(text)
+            latencies[name].append(1000 * (time.perf_counter() - started))
+    return {name: float(np.percentile(values, 50)) for name, values in latencies.items()}
+
+
+async def evaluate_task(
+    task: EvalTask,
+    *,
+    backbone: Backbone,
+    channels: tuple[grpc.aio.Channel, grpc.aio.Channel],
+    version: TaskVersion,
+    tau_sample: int,
+    latency_sample: int,
+) -> dict[str, Any]:
+    inference = inference_pb2_grpc.InferenceServiceStub(channels[0])
+    retrieval = retrieval_pb2_grpc.RetrievalServiceStub(channels[1])
+    spec = task.spec
+    tests = _examples(task.test, spec, None)
+    texts = [e.text for e in tests]
+    probe = backbone.for_task(spec)
+    raee_preds, raee_exits, raee_s = await classify_all(inference, spec.name, texts, "raee")
+    full_preds, _, full_s = await classify_all(inference, spec.name, texts, "full")
+    train_sample = _examples(task.train, spec, tau_sample)
+    accuracy_per_exit = np.asarray(version.stats["accuracy_per_exit_pct"])
+    arrays = TaskArrays(
+        gold=np.array([e.label_index for e in tests]),
+        test_probs=exit_probabilities(probe, texts),
+        raee_preds=raee_preds,
+        raee_exits=raee_exits,
+        full_preds=full_preds,
+        neighbour_labels=await neighbour_labels(retrieval, spec, texts),
+        train_accuracy_per_exit=accuracy_per_exit,
+        train_probs=exit_probabilities(probe, [e.text for e in train_sample]),
+        train_gold=np.array([e.label_index for e in train_sample]),
+    )
+    scores = evaluate(arrays, spec.metric)
+    # The exit-based baselines are timed as the fixed exit they (on average) run to.
+    fixed_exits = {m: round(scores[m].avg_exit) for m in ("static", "confidence", "oracle")}
+    p50 = await batch1_p50_ms(inference, retrieval, spec.name, texts[:latency_sample], fixed_exits)
+    return {
+        "methods": {
+            method: {
+                "score": round(score.score, 2),
+                "avg_exit": round(score.avg_exit, 3),
+                "p50_ms": round(p50[method], 2),
+            }
+            for method, score in scores.items()
+        },
+        "raee_exit_histogram": np.bincount(raee_exits, minlength=backbone.num_layers + 1).tolist(),
+        "throughput_rps": {"raee": len(texts) / raee_s, "full": len(texts) / full_s},
+        "retrieval_overhead": p50["knn"] / p50["full"],
+        "test_examples": len(texts),
+        "train_points": version.points,
+    }
+
+
+async def run_eval(
+    tasks: Sequence[EvalTask],
+    *,
+    home: Path,
+    out: Path,
+    command: str,
+    backbone_source: str,
+    encoder_source: str,
+    train_limit: int | None,
+    tau_sample: int,
+    latency_sample: int,
+) -> dict[str, Any]:
+    """Evaluate every task through one pair of services on the embedded store; write the reports."""
+    import datetime
+    import json
+    import logging
+
+    from evaluation.report import write
+    from raee.pair import start_pair
+    from raee.serving.config import InferenceConfig, RetrievalConfig
+    from raee.store import open_store
+
+    log = logging.getLogger("raee.eval")
+    backbone = Backbone.load(backbone_source)
+    encoder = QueryEncoder(encoder_source)
+    store = open_store(home=home)
+    pair = await start_pair(
+        RetrievalConfig(port=0, metrics_port=0, home=str(home)),
+        InferenceConfig(port=0, metrics_port=0),
+        backbone=backbone,
+        encoder=encoder,
+    )
+    families: dict[str, dict[str, Any]] = {}
+    details: dict[str, dict[str, Any]] = {}
+    try:
+        async with (
+            grpc.aio.insecure_channel(pair.inference_address) as inference,
+            grpc.aio.insecure_channel(pair.retrieval_address) as retrieval,
+        ):
+            for task in tasks:
+                started = time.perf_counter()
+                version, reused = ensure_ingested(
+                    task, backbone=backbone, encoder=encoder, store=store, train_limit=train_limit
+                )
+                result = await evaluate_task(
+                    task,
+                    backbone=backbone,
+                    channels=(inference, retrieval),
+                    version=version,
+                    tau_sample=tau_sample,
+                    latency_sample=latency_sample,
+                )
+                families.setdefault(task.family, {})[task.task] = result.pop("methods")
+                details.setdefault(task.family, {})[task.task] = {**result, "reused_version": reused}
+                log.info("%s/%s done in %.0f s", task.family, task.task, time.perf_counter() - started)
+    finally:
+        await pair.stop()
+        store.close()
+
+    all_details = [d for tasks_ in details.values() for d in tasks_.values()]
+    speed: dict[str, Any] = {
+        "retrieval_overhead": float(np.mean([d["retrieval_overhead"] for d in all_details])),
+        "throughput_ratio_classify_batch": float(
+            np.mean([d["throughput_rps"]["raee"] / d["throughput_rps"]["full"] for d in all_details])
+        ),
+    }
+    results_dir = Path(__file__).resolve().parent.parent / "docs" / "results"
+    grpc_bench, ingest_bench = results_dir / "grpc_latency.json", results_dir / "ingest_and_query.json"
+    if grpc_bench.is_file():
+        measured = json.loads(grpc_bench.read_text())
+        speed["latency_ratio_p50"] = measured["latency_ratio_p50"]
+        speed["throughput_ratio_16"] = measured["throughput_ratio_16"]
+    if ingest_bench.is_file():
+        speed["ingest_vs_forward"] = json.loads(ingest_bench.read_text())["ingest_vs_forward_with_head"]
+    summary = {
+        "backbone": str(backbone.id),
+        "num_layers": backbone.num_layers,
+        "command": command,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+        "families": families,
+        "speed": speed,
+    }
+    write(summary, details, out)
+    return summary

@@ -1,0 +1,39 @@
+"""`raee eval` end to end on a task folder (the shipped demo's layout), through real services."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evaluation.methods import METHODS
+from raee.cli import main
+from raee.demo import DEMO_DIR
+
+
+def test_eval_writes_the_summary_table_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, home = tmp_path / "results", tmp_path / "home"
+    args = ["eval", "--task", "none", "--task-dir", str(DEMO_DIR), "--out", str(out), "--home", str(home)]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_layers"] == 18
+    assert summary["backbone"].startswith("gemma-3-270m/L18/")
+    methods = summary["families"]["custom"]["demo-sentiment"]
+    assert set(methods) == set(METHODS)
+    for values in methods.values():
+        assert set(values) == {"score", "avg_exit", "p50_ms"}
+        assert 0.0 <= values["score"] <= 100.0
+        assert 0.0 <= values["avg_exit"] <= 18.0
+        assert values["p50_ms"] > 0
+    assert methods["full"]["avg_exit"] == 18.0
+    assert methods["oracle"]["score"] >= max(methods[m]["score"] for m in ("full", "static", "confidence"))
+    assert {"retrieval_overhead", "throughput_ratio_classify_batch"} <= set(summary["speed"])
+    for name in ("results.md", "details.json", "exit_histogram_custom.png", "score_vs_depth.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| demo-sentiment |" in capsys.readouterr().out
+
+    # A second run reuses the published version: same spec, backbone and data.
+    assert main(args) == 0
+    details = json.loads((out / "details.json").read_text())
+    assert details["custom"]["demo-sentiment"]["reused_version"] is True
