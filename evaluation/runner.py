@@ -264,11 +264,8 @@ async def run_eval(
     latency_sample: int,
 ) -> dict[str, Any]:
     """Evaluate every task through one pair of services on the embedded store; write the reports."""
-    import datetime
-    import json
     import logging
 
-    from evaluation.report import write
     from raee.pair import start_pair
     from raee.serving.config import InferenceConfig, RetrievalConfig
     from raee.store import open_store
@@ -306,9 +303,26 @@ async def run_eval(
                 families.setdefault(task.family, {})[task.task] = result.pop("methods")
                 details.setdefault(task.family, {})[task.task] = {**result, "reused_version": reused}
                 log.info("%s/%s done in %.0f s", task.family, task.task, time.perf_counter() - started)
+                _summarise(families, details, backbone, command, out)  # partial results survive a stop
     finally:
         await pair.stop()
         store.close()
+
+    return _summarise(families, details, backbone, command, out)
+
+
+def _summarise(
+    families: dict[str, dict[str, Any]],
+    details: dict[str, dict[str, Any]],
+    backbone: Backbone,
+    command: str,
+    out: Path,
+) -> dict[str, Any]:
+    """Build and write the reports of the tasks done so far."""
+    import datetime
+    import json
+
+    from evaluation.report import write
 
     all_details = [d for tasks_ in details.values() for d in tasks_.values()]
     speed: dict[str, Any] = {
