@@ -19,6 +19,17 @@ from raee.serving.config import InferenceConfig, RetrievalConfig
 from raee.store import ExitStore, open_store
 from raee.tasks import TaskSpec
 
+DEMO_TEST_TEXTS = [  # the demo's test sentences
+    "a lovely film with a big heart .",
+    "the charger stopped working after a week .",
+    "sharp writing and a terrific cast .",
+    "boring , predictable and far too long .",
+    "the room was clean and the breakfast was delicious .",
+    "the screen cracked the first time i dropped it .",
+    "a moving , funny and honest story .",
+    "a clumsy film that never finds its tone .",
+]
+
 SENTIMENT_TEXTS = [
     "a gorgeous , witty , seductive movie .",
     "the film is a mess",

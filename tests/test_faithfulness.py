@@ -17,16 +17,10 @@ from raee.encoder import QueryEncoder
 from raee.pair import ServicePair
 from raee.tasks import TaskSpec
 from raee.v1 import retrieval_pb2, retrieval_pb2_grpc
+from tests.conftest import DEMO_TEST_TEXTS
 
 QUERIES = [
-    "a lovely film with a big heart .",
-    "the charger stopped working after a week .",
-    "sharp writing and a terrific cast .",
-    "boring , predictable and far too long .",
-    "the room was clean and the breakfast was delicious .",
-    "the screen cracked the first time i dropped it .",
-    "a moving , funny and honest story .",
-    "a clumsy film that never finds its tone .",
+    *DEMO_TEST_TEXTS,
     "i would not recommend this to anyone .",
     "what a wonderful surprise this was .",
     "the plot is thin but the actors are charming .",

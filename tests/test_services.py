@@ -24,18 +24,8 @@ from raee.pair import ServicePair
 from raee.store import VersionMeta, open_store
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, retrieval_pb2, retrieval_pb2_grpc
+from tests.conftest import DEMO_TEST_TEXTS as TEXTS
 from tests.conftest import start_demo_pair
-
-TEXTS = [
-    "a lovely film with a big heart .",
-    "the charger stopped working after a week .",
-    "sharp writing and a terrific cast .",
-    "boring , predictable and far too long .",
-    "the room was clean and the breakfast was delicious .",
-    "the screen cracked the first time i dropped it .",
-    "a moving , funny and honest story .",
-    "a clumsy film that never finds its tone .",
-]
 
 
 @pytest.fixture
