@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import emit, read_valid
 
 from raee.client import InferenceClient
-from raee.data import read_examples
 from raee.pair import start_pair
 from raee.serving.config import InferenceConfig, RetrievalConfig
 from raee.store import open_store
@@ -62,10 +61,7 @@ async def throughput(
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     spec = open_store(home=args.home).get_task(args.task).spec
-    examples, errors = read_examples(args.data, spec)
-    if errors:
-        raise SystemExit(f"{len(errors)} invalid rows, first: {errors[0]}")
-    texts = [e.text for e in examples][: args.limit]
+    texts = [e.text for e in read_valid(args.data, spec, args.limit)]
     pair = await start_pair(
         RetrievalConfig(port=0, metrics_port=0, home=str(args.home)),
         InferenceConfig(port=0, metrics_port=0, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
@@ -119,10 +115,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = asyncio.run(run(args))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,17 @@ prints one JSON object (also written to ``--out`` when given).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import emit, read_valid
 from tqdm import tqdm
 
 from ingest import length_sorted_batches, probe_batch
 from raee.backbone import Backbone
-from raee.data import read_examples
 from raee.encoder import QueryEncoder
 from raee.exit_info import ExitStats
 from raee.store import ExitStore, VersionMeta, open_store
@@ -78,10 +77,7 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = TaskSpec.from_flags("bench", args.template, args.label or ["negative=terrible", "positive=great"])
-    examples, errors = read_examples(args.data, spec)
-    if errors:
-        raise SystemExit(f"{len(errors)} invalid rows, first: {errors[0]}")
-    examples = examples[: args.limit] if args.limit else examples
+    examples = read_valid(args.data, spec, args.limit)
     backbone = Backbone.load("gemma-3-270m")
     encoder = QueryEncoder()
     probe = backbone.for_task(spec)
@@ -142,10 +138,7 @@ def main() -> None:
         "backbone": str(backbone.id),
         "torch_threads": torch.get_num_threads(),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

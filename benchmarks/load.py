@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import time
 from pathlib import Path
 
 import grpc
 import numpy as np
+from _common import emit, read_valid
 
 from raee.client import InferenceClient
-from raee.data import read_examples
 from raee.pair import start_pair
 from raee.serving.config import InferenceConfig, RetrievalConfig
 from raee.store import open_store
@@ -37,8 +36,7 @@ def rss_mb() -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     spec = open_store(home=args.home).get_task(args.task).spec
-    examples, _ = read_examples(args.data, spec)
-    texts = [e.text for e in examples]
+    texts = [e.text for e in read_valid(args.data, spec)]
     pair = await start_pair(
         RetrievalConfig(port=0, metrics_port=0, home=str(args.home)), InferenceConfig(port=0, metrics_port=0)
     )
@@ -114,10 +112,7 @@ def main() -> None:
 
         args.data = DEMO_DIR / "test.jsonl"
     report = asyncio.run(run(args))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ For every task the runner
 3. reads the exit probabilities of the test split, and of a train sample for the
    confidence baseline's tau, from the backbone directly;
 4. measures batch-1 latency p50 through gRPC on a sample: RAEE, FULL, the static
-   exit (FIXED mode), and the retrieval call alone (the kNN vote's cost).
+   exit (FIXED mode), and the retrieval call alone (the kNN vote's cost); and,
+   from the services' own timings of the same calls, the retrieval overhead:
+   encode + search + aggregate over the full forward pass.
 """
 
 from __future__ import annotations
@@ -168,14 +170,43 @@ async def neighbour_labels(
     return np.array(rows)
 
 
-async def batch1_p50_ms(
+RETRIEVAL_PARTS = ("encode", "search", "aggregate")
+
+
+@dataclass(frozen=True)
+class Batch1Timing:
+    """Batch-1 p50s through gRPC per method, and the services' own p50s of the parts.
+
+    ``parts_ms`` holds the retrieval service's RetrievalTiming (encode, search,
+    aggregate) of the kNN calls and the worker's ``forward_ms`` of the FULL calls:
+    the retrieval overhead without gRPC.
+    """
+
+    p50_ms: dict[str, float]
+    parts_ms: dict[str, float]
+
+    @property
+    def retrieval_ms(self) -> float:
+        return sum(self.parts_ms[part] for part in RETRIEVAL_PARTS)
+
+    @property
+    def retrieval_overhead(self) -> float:
+        """Retrieval time over a full forward pass, both measured inside the services."""
+        return self.retrieval_ms / self.parts_ms["full_forward"]
+
+    @property
+    def overhead_by_part(self) -> dict[str, float]:
+        return {part: self.parts_ms[part] / self.parts_ms["full_forward"] for part in RETRIEVAL_PARTS}
+
+
+async def batch1_timing(
     inference: inference_pb2_grpc.InferenceServiceStub,
     retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
     task: str,
     texts: Sequence[str],
     fixed_exits: dict[str, int],
-) -> dict[str, float]:
-    """Batch-1 latency p50 per way of answering, the ways alternating request by request.
+) -> Batch1Timing:
+    """Batch-1 latency per way of answering, the ways alternating request by request.
 
     ``fixed_exits`` names methods served as a fixed exit (FIXED mode at that layer).
     """
@@ -192,12 +223,21 @@ async def batch1_p50_ms(
         **{name: fixed(layer) for name, layer in fixed_exits.items()},
     }
     latencies: dict[str, list[float]] = {name: [] for name in calls}
+    parts: dict[str, list[float]] = {name: [] for name in (*RETRIEVAL_PARTS, "full_forward")}
     for text in texts:
         for name, call in calls.items():
             started = time.perf_counter()
-            await call(text)
+            reply = await call(text)
             latencies[name].append(1000 * (time.perf_counter() - started))
-    return {name: float(np.percentile(values, 50)) for name, values in latencies.items()}
+            if name == "knn":
+                for part in RETRIEVAL_PARTS:
+                    parts[part].append(getattr(reply.timing, f"{part}_ms"))
+            elif name == "full":
+                parts["full_forward"].append(reply.forward_ms)
+    return Batch1Timing(
+        p50_ms={name: float(np.percentile(values, 50)) for name, values in latencies.items()},
+        parts_ms={name: float(np.percentile(values, 50)) for name, values in parts.items()},
+    )
 
 
 async def evaluate_task(
@@ -233,19 +273,22 @@ async def evaluate_task(
     scores = evaluate(arrays, spec.metric)
     # The exit-based baselines are timed as the fixed exit they (on average) run to.
     fixed_exits = {m: round(scores[m].avg_exit) for m in ("static", "confidence", "oracle")}
-    p50 = await batch1_p50_ms(inference, retrieval, spec.name, texts[:latency_sample], fixed_exits)
+    timing = await batch1_timing(inference, retrieval, spec.name, texts[:latency_sample], fixed_exits)
     return {
         "methods": {
             method: {
                 "score": round(score.score, 2),
                 "avg_exit": round(score.avg_exit, 3),
-                "p50_ms": round(p50[method], 2),
+                "p50_ms": round(timing.p50_ms[method], 2),
             }
             for method, score in scores.items()
         },
         "raee_exit_histogram": np.bincount(raee_exits, minlength=backbone.num_layers + 1).tolist(),
         "throughput_rps": {"raee": len(texts) / raee_s, "full": len(texts) / full_s},
-        "retrieval_overhead": p50["knn"] / p50["full"],
+        "retrieval_overhead": timing.retrieval_overhead,
+        "retrieval_overhead_grpc": timing.p50_ms["knn"] / timing.p50_ms["full"],
+        "retrieval_overhead_by_part": timing.overhead_by_part,
+        "batch1_parts_p50_ms": {part: round(ms, 3) for part, ms in timing.parts_ms.items()},
         "test_examples": len(texts),
         "train_points": version.points,
     }
@@ -327,6 +370,11 @@ def _summarise(
     all_details = [d for tasks_ in details.values() for d in tasks_.values()]
     speed: dict[str, Any] = {
         "retrieval_overhead": float(np.mean([d["retrieval_overhead"] for d in all_details])),
+        "retrieval_overhead_grpc": float(np.mean([d["retrieval_overhead_grpc"] for d in all_details])),
+        "retrieval_overhead_by_part": {
+            part: float(np.mean([d["retrieval_overhead_by_part"][part] for d in all_details]))
+            for part in RETRIEVAL_PARTS
+        },
         "throughput_ratio_classify_batch": float(
             np.mean([d["throughput_rps"]["raee"] / d["throughput_rps"]["full"] for d in all_details])
         ),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from raee.defaults import DEFAULT_BACKBONE, DEFAULT_ENCODER
+from raee.exit_rule import DEFAULT_K
 from raee.serving.security import ServerSecurity
 
 T = TypeVar("T")
@@ -49,7 +50,7 @@ class RetrievalConfig(ServiceConfig):
     store_url: str = env("RAEE_QDRANT_URL", "", "Qdrant URL; empty: the embedded store")
     home: str = env("RAEE_HOME", ".raee", "data folder of the embedded store")
     encoder: str = env("RAEE_ENCODER", DEFAULT_ENCODER, "sentence-transformers model")
-    default_k: int = env("RAEE_DEFAULT_K", 12, "neighbours per query when the request sets none")
+    default_k: int = env("RAEE_DEFAULT_K", DEFAULT_K, "neighbours per query when the request sets none")
     max_k: int = env("RAEE_MAX_K", 256, "largest k a request may ask for")
 
 

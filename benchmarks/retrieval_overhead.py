@@ -1,0 +1,116 @@
+"""Retrieval overhead, in process: encode, search and aggregate against a full forward pass.
+
+RAEE pays for its exit decision before the backbone runs: the query is embedded,
+the exit store searched and the neighbours' exit information aggregated by the
+exit rule. This benchmark times each step for one query at a time (batch 1, the
+worst case: nothing amortised), interleaved text by text with a batch-1 full
+forward pass of the backbone over the same text, so that machine noise hits all
+alike. No gRPC: the retrieval service's own RetrievalTiming reports the same
+three steps from inside the service.
+
+The task must be ingested in the embedded store already, e.g.::
+
+    raee ingest --task-spec examples/sst2.yaml --data ../shared/data/sst2/train.jsonl
+    python benchmarks/retrieval_overhead.py --task sst2 --data ../shared/data/sst2/test.jsonl
+
+prints one JSON object (also written to ``--out`` when given). ``overhead`` is the
+sum of the steps' medians over the full forward's median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import emit, read_valid
+
+from raee.backbone import Backbone
+from raee.defaults import DEFAULT_BACKBONE, DEFAULT_ENCODER
+from raee.encoder import QueryEncoder
+from raee.exit_rule import DEFAULT_K, choose_exit
+from raee.store import open_store
+
+STEPS = ("resolve", "encode", "search", "aggregate")
+
+
+def timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = call()
+    return value, 1000 * (time.perf_counter() - started)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    store = open_store(home=args.home)
+    version = store.get_task(args.task)
+    spec = version.spec
+    texts = [e.text for e in read_valid(args.data, spec, args.limit)]
+    backbone = Backbone.load(args.backbone)
+    encoder = QueryEncoder(args.encoder)
+    if str(backbone.id) != version.backbone_id or encoder.id != version.encoder_id:
+        raise SystemExit(f"{args.task} was ingested with {version.backbone_id} and {version.encoder_id}")
+    probe = backbone.for_task(spec)
+
+    def one(text: str) -> dict[str, float]:
+        current, resolve_ms = timed(lambda: store.get_task(args.task))
+        vectors, encode_ms = timed(lambda: encoder.encode([spec.key_text(text)]))
+        found, search_ms = timed(lambda: store.search(args.task, vectors, args.k))
+        _, aggregate_ms = timed(lambda: choose_exit(found.neighbours[0], current.num_layers))
+        _, full_ms = timed(lambda: probe.predict_at([text], backbone.num_layers))
+        return {
+            "resolve": resolve_ms,
+            "encode": encode_ms,
+            "search": search_ms,
+            "aggregate": aggregate_ms,
+            "full_forward": full_ms,
+        }
+
+    for text in texts[:5]:  # warm-up: lazy inits, allocator, caches
+        one(text)
+    samples = [one(text) for text in texts]
+    store.close()
+
+    p50 = {name: float(np.median([s[name] for s in samples])) for name in (*STEPS, "full_forward")}
+    retrieval_ms = sum(p50[step] for step in STEPS)
+    per_query = [sum(s[step] for step in STEPS) / s["full_forward"] for s in samples]
+    return {
+        "task": args.task,
+        "points": version.points,
+        "k": args.k,
+        "queries": len(texts),
+        "torch_threads": torch.get_num_threads(),
+        "p50_ms": {name: round(value, 3) for name, value in p50.items()},
+        "retrieval_p50_ms": round(retrieval_ms, 3),
+        "overhead": retrieval_ms / p50["full_forward"],
+        "overhead_by_step": {step: p50[step] / p50["full_forward"] for step in STEPS},
+        "overhead_per_query_p50": float(np.median(per_query)),
+        "backbone": str(backbone.id),
+        "encoder": encoder.id,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/sst2/test.jsonl"))
+    parser.add_argument("--home", type=Path, default=Path(".raee"))
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER)
+    parser.add_argument("--k", type=int, default=DEFAULT_K)
+    parser.add_argument("--limit", type=int, default=300, help="test texts, one query each")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    report = run(args)
+    emit(report, args.out)
+
+
+if __name__ == "__main__":
+    main()

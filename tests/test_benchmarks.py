@@ -1,0 +1,64 @@
+"""The benchmark scripts run end to end, as documented, on the demo task (a smoke test, not a timing).
+
+Speed is never asserted here: the machines are shared. These tests check that
+each script runs on a real store and reports numbers that are consistent with
+themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raee.demo import DEMO_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_benchmark(name: str, *args: str, out: Path) -> dict[str, Any]:
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args, "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=600,
+    )
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
+def test_retrieval_overhead_breaks_down_into_its_steps(served_home: Path, tmp_path: Path) -> None:
+    args = ("--task", "demo-sentiment", "--data", str(DEMO_DIR / "test.jsonl"), "--home", str(served_home))
+    report = run_benchmark("retrieval_overhead", *args, "--limit", "4", out=tmp_path / "r.json")
+    assert report["queries"] == 4
+    steps = report["p50_ms"]
+    assert set(steps) == {"resolve", "encode", "search", "aggregate", "full_forward"}
+    assert all(ms > 0 for ms in steps.values())
+    assert report["retrieval_p50_ms"] == pytest.approx(
+        sum(steps[s] for s in ("resolve", "encode", "search", "aggregate")), abs=1e-2
+    )
+    assert report["overhead"] == pytest.approx(sum(report["overhead_by_step"].values()))
+
+
+def test_grpc_latency_reports_both_modes(served_home: Path, tmp_path: Path) -> None:
+    args = ("--task", "demo-sentiment", "--data", str(DEMO_DIR / "test.jsonl"), "--home", str(served_home))
+    small = ("--limit", "4", "--clients", "2", "--per-client", "2", "--rounds", "1")
+    report = run_benchmark("grpc_latency", *args, *small, out=tmp_path / "g.json")
+    assert report["requests_batch1"] == 4
+    p50 = report["batch1_p50_ms"]
+    assert report["latency_ratio_p50"] == pytest.approx(p50["raee"] / p50["full"])
+    assert set(report["throughput_2_clients_rps"]) == {"raee", "full"}
+
+
+def test_a_benchmark_refuses_invalid_data(served_home: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine", "label": "no such label"}\n')
+    args = ("--task", "demo-sentiment", "--data", str(bad), "--home", str(served_home))
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        run_benchmark("retrieval_overhead", *args, out=tmp_path / "r.json")
+    assert b"1 invalid rows" in failed.value.stderr
