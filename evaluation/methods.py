@@ -13,17 +13,31 @@ for CoLA) and reports the average exit it runs to:
   chosen on a train sample (training-free early exit);
 * ``oracle``: right whenever any exit is right (an upper bound); its exit is the
   first right one.
+
+One ablation is scored beside them (``ABLATIONS``), not part of the paper:
+
+* ``raee_informative``: the paper's rule over the same neighbours, but blind to
+  *constant* exits, those predicting one class for (nearly) every train example.
+  Such an exit is "correct" for every example of that class, so its exit
+  information says only what the neighbours' labels say, and RAEE collapses
+  towards the kNN vote. The share is measured on the confidence baseline's
+  train sample.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from raee.exit_info import ExitInfo
+from raee.exit_rule import HasExitInfo, choose_exit
 from raee.tasks import Metric
 
 METHODS = ("full", "raee", "knn", "static", "confidence", "oracle")
+ABLATIONS = ("raee_informative",)
+CONSTANT_SHARE = 0.99
 TAU_GRID = (*(float(t) for t in np.round(np.arange(0.5, 1.0, 0.025), 3)), 0.99, 0.999)
 
 
@@ -35,6 +49,7 @@ class TaskArrays:
     raee_exits: np.ndarray  # (n,)
     full_preds: np.ndarray  # (n,) from the service
     neighbour_labels: np.ndarray  # (n, k) label indices, nearest first
+    neighbours: Sequence[Sequence[HasExitInfo]]  # (n, k) the same neighbours' exit information
     train_accuracy_per_exit: np.ndarray  # (L + 1,)
     train_probs: np.ndarray  # (m, L + 1, C) a train sample, for tau
     train_gold: np.ndarray  # (m,)
@@ -44,6 +59,36 @@ class TaskArrays:
 class MethodScore:
     score: float
     avg_exit: float
+
+
+@dataclass(frozen=True)
+class _Neighbour:
+    squared_distance: float
+    exit: ExitInfo
+
+
+def constant_exits(probs: np.ndarray, share: float = CONSTANT_SHARE) -> np.ndarray:
+    """``(L + 1,)`` True where one class is the prediction for at least ``share`` of the rows."""
+    predictions = probs.argmax(axis=-1)  # (m, L + 1)
+    num_labels = probs.shape[-1]
+    counts = np.stack([np.bincount(column, minlength=num_labels) for column in predictions.T])
+    return np.asarray(counts.max(axis=1) >= share * len(probs))
+
+
+def exits_ignoring(
+    neighbours: Sequence[Sequence[HasExitInfo]], ignored: np.ndarray, num_layers: int
+) -> np.ndarray:
+    """The paper's exit rule per query, with the ``ignored`` exits removed from all exit information."""
+    exits = [
+        choose_exit([_Neighbour(n.squared_distance, _without(n.exit, ignored)) for n in row], num_layers)
+        for row in neighbours
+    ]
+    return np.asarray([decision.exit_layer for decision in exits], dtype=np.int64)
+
+
+def _without(info: ExitInfo, ignored: np.ndarray) -> ExitInfo:
+    kept = [i for i, layer in enumerate(info.layers) if not ignored[layer]]
+    return ExitInfo(tuple(info.layers[i] for i in kept), tuple(info.probs[i] for i in kept))
 
 
 def knn_vote(neighbour_labels: np.ndarray, num_labels: int) -> np.ndarray:
@@ -78,6 +123,7 @@ def choose_tau(probs: np.ndarray, gold: np.ndarray, metric: Metric) -> float:
 
 
 def evaluate(arrays: TaskArrays, metric: Metric) -> dict[str, MethodScore]:
+    """The score and average exit of every method of ``METHODS`` and ``ABLATIONS``."""
     n, exits_plus_one, num_labels = arrays.test_probs.shape
     last = exits_plus_one - 1
     rows = np.arange(n)
@@ -96,6 +142,8 @@ def evaluate(arrays: TaskArrays, metric: Metric) -> dict[str, MethodScore]:
         "confidence": (per_exit[rows, confident], confident),
         "oracle": (oracle_preds, oracle_exit),
     }
+    informative_exits = exits_ignoring(arrays.neighbours, constant_exits(arrays.train_probs), last)
+    results["raee_informative"] = (per_exit[rows, informative_exits], informative_exits)
     return {
         method: MethodScore(metric.score(predictions, arrays.gold), float(np.mean(exits)))
         for method, (predictions, exits) in results.items()

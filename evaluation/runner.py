@@ -26,12 +26,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from evaluation.methods import TaskArrays, evaluate
+from evaluation.methods import ABLATIONS, METHODS, TaskArrays, constant_exits, evaluate
 from ingest import run_ingest
 from raee.backbone import Backbone, TaskProbe
 from raee.client import classify_request
 from raee.data import Example, read_examples
 from raee.encoder import QueryEncoder
+from raee.exit_info import ExitInfo
 from raee.store import ExitStore, TaskNotFoundError, TaskVersion
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
@@ -154,10 +155,29 @@ async def classify_all(
     )
 
 
-async def neighbour_labels(
+@dataclass(frozen=True)
+class RetrievedNeighbour:
+    """A neighbour as the retrieval service returned it, in the exit rule's terms."""
+
+    label_index: int
+    squared_distance: float
+    exit: ExitInfo
+
+    @classmethod
+    def from_message(cls, message: retrieval_pb2.Neighbour, spec: TaskSpec) -> RetrievedNeighbour:
+        # Unit vectors: squared L2 distance = 2 - 2 cosine similarity.
+        return cls(
+            label_index=spec.label_index(message.label),
+            squared_distance=max(0.0, 2.0 - 2.0 * message.similarity),
+            exit=ExitInfo(tuple(message.exit_layers), tuple(message.exit_probs)),
+        )
+
+
+async def retrieve_neighbours(
     stub: retrieval_pb2_grpc.RetrievalServiceStub, spec: TaskSpec, texts: Sequence[str]
-) -> np.ndarray:
-    rows: list[list[int]] = []
+) -> list[list[RetrievedNeighbour]]:
+    """Each text's k neighbours (the service's default k), nearest first."""
+    rows: list[list[RetrievedNeighbour]] = []
     for i in range(0, len(texts), CHUNK):
         request = retrieval_pb2.BatchExitDistributionRequest(
             requests=[
@@ -166,8 +186,11 @@ async def neighbour_labels(
             ]
         )
         reply = await stub.BatchGetExitDistribution(request, timeout=600)
-        rows.extend([spec.label_index(n.label) for n in r.response.neighbours] for r in reply.results)
-    return np.array(rows)
+        for result in reply.results:
+            if result.HasField("error"):
+                raise RuntimeError(f"{spec.name}: retrieval failed: {result.error.message}")
+            rows.append([RetrievedNeighbour.from_message(n, spec) for n in result.response.neighbours])
+    return rows
 
 
 RETRIEVAL_PARTS = ("encode", "search", "aggregate")
@@ -259,13 +282,15 @@ async def evaluate_task(
     full_preds, _, full_s = await classify_all(inference, spec.name, texts, "full")
     train_sample = _examples(task.train, spec, tau_sample)
     accuracy_per_exit = np.asarray(version.stats["accuracy_per_exit_pct"])
+    neighbours = await retrieve_neighbours(retrieval, spec, texts)
     arrays = TaskArrays(
         gold=np.array([e.label_index for e in tests]),
         test_probs=exit_probabilities(probe, texts),
         raee_preds=raee_preds,
         raee_exits=raee_exits,
         full_preds=full_preds,
-        neighbour_labels=await neighbour_labels(retrieval, spec, texts),
+        neighbour_labels=np.array([[n.label_index for n in row] for row in neighbours]),
+        neighbours=neighbours,
         train_accuracy_per_exit=accuracy_per_exit,
         train_probs=exit_probabilities(probe, [e.text for e in train_sample]),
         train_gold=np.array([e.label_index for e in train_sample]),
@@ -282,7 +307,13 @@ async def evaluate_task(
                 "p50_ms": round(timing.p50_ms[method], 2),
             }
             for method, score in scores.items()
+            if method in METHODS
         },
+        "ablations": {
+            method: {"score": round(scores[method].score, 2), "avg_exit": round(scores[method].avg_exit, 3)}
+            for method in ABLATIONS
+        },
+        "constant_exits": np.flatnonzero(constant_exits(arrays.train_probs)).tolist(),
         "raee_exit_histogram": np.bincount(raee_exits, minlength=backbone.num_layers + 1).tolist(),
         "throughput_rps": {"raee": len(texts) / raee_s, "full": len(texts) / full_s},
         "retrieval_overhead": timing.retrieval_overhead,

@@ -39,6 +39,10 @@ def test_eval_writes_the_summary_table_and_plots(tmp_path: Path, capsys: pytest.
     for name in ("results.md", "details.json", "exit_histogram_custom.png", "score_vs_depth.png"):
         assert (out / name).stat().st_size > 0
     assert "| demo-sentiment |" in capsys.readouterr().out
+    detail = json.loads((out / "details.json").read_text())["custom"]["demo-sentiment"]
+    assert set(detail["ablations"]) == {"raee_informative"}
+    assert all(0 <= exit_ <= 18 for exit_ in detail["constant_exits"])
+    assert "raee_informative" in (out / "results.md").read_text()
 
     # A second run reuses the published version: same spec, backbone and data.
     assert main(args) == 0

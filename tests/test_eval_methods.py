@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.methods import TaskArrays, choose_tau, confidence_exits, evaluate, knn_vote
+from evaluation.methods import (
+    TaskArrays,
+    choose_tau,
+    confidence_exits,
+    constant_exits,
+    evaluate,
+    exits_ignoring,
+    knn_vote,
+)
+from raee.exit_info import ExitInfo
 from raee.tasks import Metric
 
 
@@ -33,6 +42,32 @@ def test_tau_prefers_the_best_score_then_the_shallowest_exits() -> None:
     assert tau > 0.96  # below it, example 2 exits at 0 and is wrong
 
 
+class Neighbour:
+    def __init__(self, squared_distance: float, layers: tuple[int, ...], probs: tuple[float, ...]) -> None:
+        self.squared_distance = squared_distance
+        self.exit = ExitInfo(layers, probs)
+
+
+def test_constant_exits_are_those_predicting_one_class_for_nearly_every_row() -> None:
+    # Exit 0 always says class 1; exit 1 says class 0 for 99 of 100 rows; exit 2 varies.
+    rows = [[0.9, 0.1 if i else 0.9, 0.9 if i % 2 else 0.1] for i in range(100)]
+    assert constant_exits(probs(*rows)).tolist() == [True, True, False]
+    assert constant_exits(probs(*rows), share=1.0).tolist() == [True, False, False]
+
+
+def test_the_rule_blind_to_ignored_exits_chooses_among_the_others() -> None:
+    near = Neighbour(0.1, (0, 2), (0.99, 0.6))
+    far = Neighbour(0.2, (0, 1), (0.99, 0.7))
+    none_ignored = np.array([False, False, False])
+    exit_0_ignored = np.array([True, False, False])
+    # With exit 0, both neighbours put most weight there.
+    assert exits_ignoring([[near, far]], none_ignored, 2).tolist() == [0]
+    # Without it: exit 2 scores 1.0 x 0.6, exit 1 scores 0.5 x 0.7 (weights min d / d).
+    assert exits_ignoring([[near, far]], exit_0_ignored, 2).tolist() == [2]
+    # Nothing left to go on: the full model.
+    assert exits_ignoring([[Neighbour(0.1, (0,), (0.99,))]], exit_0_ignored, 2).tolist() == [2]
+
+
 def test_evaluate_scores_every_method() -> None:
     test = probs([0.9, 0.2, 0.8], [0.1, 0.7, 0.3], [0.6, 0.6, 0.6], [0.4, 0.3, 0.2])
     gold = np.array([1, 1, 0, 0])
@@ -43,6 +78,8 @@ def test_evaluate_scores_every_method() -> None:
         raee_exits=np.array([0, 1, 2, 1]),
         full_preds=test[:, -1].argmax(-1),
         neighbour_labels=np.array([[1, 1, 0], [0, 0, 1], [0, 1, 0], [1, 1, 1]]),
+        # Exit 0 predicts class 1 for examples 1, 3 (0.6 > 0.5) and class 0 for 2, 4: not constant.
+        neighbours=[[Neighbour(0.1, (1,), (0.7,))]] * 4,
         train_accuracy_per_exit=np.array([40.0, 70.0, 60.0]),
         train_probs=test,
         train_gold=gold,
@@ -55,3 +92,5 @@ def test_evaluate_scores_every_method() -> None:
     assert scores["oracle"].score == 75.0  # example 3 is wrong at every exit
     assert scores["oracle"].avg_exit == pytest.approx((0 + 1 + 2 + 0) / 4)
     assert 0.0 <= scores["confidence"].score <= 100.0
+    # No exit is constant here, so the ablation is the rule itself: exit 1 for all.
+    assert (scores["raee_informative"].score, scores["raee_informative"].avg_exit) == (50.0, 1.0)
