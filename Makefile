@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint proto bench clean
+.PHONY: install demo test lint proto bench results clean
 
 install: $(STAMP)
 
@@ -30,6 +30,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest_and_query.py
+
+# Everything in docs/results from scratch: the ingest benchmark (whose ratio the
+# summary carries), then `raee eval` over both template families of the six tasks.
+DATA ?= ../shared/data
+results: $(STAMP)
+	$(BIN)/python benchmarks/ingest_and_query.py --data $(DATA)/sst2/train.jsonl --limit 2000 \
+		--out docs/results/ingest_and_query.json
+	$(BIN)/raee eval --data-root $(DATA) --train-limit 2000 --out docs/results
 
 clean:
 	rm -rf $(VENV) .raee .pytest_cache .mypy_cache .ruff_cache

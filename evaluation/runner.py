@@ -16,7 +16,11 @@ For every task the runner
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import hashlib
+import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,18 +31,24 @@ import grpc
 import numpy as np
 
 from evaluation.methods import ABLATIONS, METHODS, TaskArrays, constant_exits, evaluate
+from evaluation.report import write
 from ingest import run_ingest
 from raee.backbone import Backbone, TaskProbe
 from raee.client import classify_request
 from raee.data import Example, read_examples
 from raee.encoder import QueryEncoder
 from raee.exit_info import ExitInfo
-from raee.store import ExitStore, TaskNotFoundError, TaskVersion
+from raee.pair import start_pair
+from raee.serving.config import InferenceConfig, RetrievalConfig
+from raee.store import ExitStore, TaskNotFoundError, TaskVersion, open_store
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "examples" / "tasks"
 CHUNK = 64
+log = logging.getLogger("raee.eval")
+THROUGHPUT_CLIENTS = 16
+INGEST_BENCHMARK = "ingest_and_query.json"  # benchmarks/ingest_and_query.py's report, in --out
 
 
 @dataclass(frozen=True)
@@ -263,6 +273,38 @@ async def batch1_timing(
     )
 
 
+async def throughput_ratio(
+    inference: inference_pb2_grpc.InferenceServiceStub,
+    task: str,
+    texts: Sequence[str],
+    *,
+    clients: int = THROUGHPUT_CLIENTS,
+    per_client: int = 4,
+    rounds: int = 2,
+) -> float:
+    """RAEE over FULL requests/s with ``clients`` concurrent callers, rounds alternating by mode.
+
+    Each caller sends single-text ``Classify`` requests one after the other, so the
+    worker's micro-batcher sees the concurrency a real fleet of clients creates.
+    """
+
+    async def one_round(mode: str) -> float:
+        async def caller(offset: int) -> None:
+            for i in range(per_client):
+                text = texts[(offset * per_client + i) % len(texts)]
+                await inference.Classify(classify_request(task, text, mode), timeout=120)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller(c) for c in range(clients)))
+        return clients * per_client / (time.perf_counter() - started)
+
+    rates: dict[str, list[float]] = {"raee": [], "full": []}
+    for _ in range(rounds):
+        for mode in rates:
+            rates[mode].append(await one_round(mode))
+    return float(np.median(rates["raee"]) / np.median(rates["full"]))
+
+
 async def evaluate_task(
     task: EvalTask,
     *,
@@ -299,6 +341,7 @@ async def evaluate_task(
     # The exit-based baselines are timed as the fixed exit they (on average) run to.
     fixed_exits = {m: round(scores[m].avg_exit) for m in ("static", "confidence", "oracle")}
     timing = await batch1_timing(inference, retrieval, spec.name, texts[:latency_sample], fixed_exits)
+    concurrent = await throughput_ratio(inference, spec.name, texts)
     return {
         "methods": {
             method: {
@@ -316,6 +359,8 @@ async def evaluate_task(
         "constant_exits": np.flatnonzero(constant_exits(arrays.train_probs)).tolist(),
         "raee_exit_histogram": np.bincount(raee_exits, minlength=backbone.num_layers + 1).tolist(),
         "throughput_rps": {"raee": len(texts) / raee_s, "full": len(texts) / full_s},
+        "latency_ratio_p50": timing.p50_ms["raee"] / timing.p50_ms["full"],
+        f"throughput_ratio_{THROUGHPUT_CLIENTS}": concurrent,
         "retrieval_overhead": timing.retrieval_overhead,
         "retrieval_overhead_grpc": timing.p50_ms["knn"] / timing.p50_ms["full"],
         "retrieval_overhead_by_part": timing.overhead_by_part,
@@ -338,13 +383,6 @@ async def run_eval(
     latency_sample: int,
 ) -> dict[str, Any]:
     """Evaluate every task through one pair of services on the embedded store; write the reports."""
-    import logging
-
-    from raee.pair import start_pair
-    from raee.serving.config import InferenceConfig, RetrievalConfig
-    from raee.store import open_store
-
-    log = logging.getLogger("raee.eval")
     backbone = Backbone.load(backbone_source)
     encoder = QueryEncoder(encoder_source)
     store = open_store(home=home)
@@ -393,38 +431,45 @@ def _summarise(
     out: Path,
 ) -> dict[str, Any]:
     """Build and write the reports of the tasks done so far."""
-    import datetime
-    import json
 
-    from evaluation.report import write
-
-    all_details = [d for tasks_ in details.values() for d in tasks_.values()]
-    speed: dict[str, Any] = {
-        "retrieval_overhead": float(np.mean([d["retrieval_overhead"] for d in all_details])),
-        "retrieval_overhead_grpc": float(np.mean([d["retrieval_overhead_grpc"] for d in all_details])),
-        "retrieval_overhead_by_part": {
-            part: float(np.mean([d["retrieval_overhead_by_part"][part] for d in all_details]))
-            for part in RETRIEVAL_PARTS
-        },
-        "throughput_ratio_classify_batch": float(
-            np.mean([d["throughput_rps"]["raee"] / d["throughput_rps"]["full"] for d in all_details])
-        ),
-    }
-    results_dir = Path(__file__).resolve().parent.parent / "docs" / "results"
-    grpc_bench, ingest_bench = results_dir / "grpc_latency.json", results_dir / "ingest_and_query.json"
-    if grpc_bench.is_file():
-        measured = json.loads(grpc_bench.read_text())
-        speed["latency_ratio_p50"] = measured["latency_ratio_p50"]
-        speed["throughput_ratio_16"] = measured["throughput_ratio_16"]
-    if ingest_bench.is_file():
-        speed["ingest_vs_forward"] = json.loads(ingest_bench.read_text())["ingest_vs_forward_with_head"]
     summary = {
         "backbone": str(backbone.id),
         "num_layers": backbone.num_layers,
         "command": command,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
         "families": families,
-        "speed": speed,
+        "speed": speed_summary(details, out),
     }
     write(summary, details, out)
     return summary
+
+
+def speed_summary(details: dict[str, dict[str, Any]], out: Path) -> dict[str, Any]:
+    """The speed ratios, averaged over the tasks evaluated; ingest's from its benchmark's report.
+
+    Ingest throughput against a bare forward pass needs passes interleaved batch by
+    batch, which ``benchmarks/ingest_and_query.py`` does; its report, when present
+    in ``out`` (``make results`` writes it first), is read as it is.
+    """
+    done = [d for tasks in details.values() for d in tasks.values()]
+
+    def mean(key: str) -> float:
+        return float(np.mean([d[key] for d in done]))
+
+    speed: dict[str, Any] = {
+        "latency_ratio_p50": mean("latency_ratio_p50"),
+        f"throughput_ratio_{THROUGHPUT_CLIENTS}": mean(f"throughput_ratio_{THROUGHPUT_CLIENTS}"),
+        "retrieval_overhead": mean("retrieval_overhead"),
+        "retrieval_overhead_by_part": {
+            part: float(np.mean([d["retrieval_overhead_by_part"][part] for d in done]))
+            for part in RETRIEVAL_PARTS
+        },
+        "retrieval_overhead_grpc": mean("retrieval_overhead_grpc"),
+        "throughput_ratio_classify_batch": float(
+            np.mean([d["throughput_rps"]["raee"] / d["throughput_rps"]["full"] for d in done])
+        ),
+    }
+    ingest_report = out / INGEST_BENCHMARK
+    if ingest_report.is_file():
+        speed["ingest_vs_forward"] = json.loads(ingest_report.read_text())["ingest_vs_forward_with_head"]
+    return speed
