@@ -34,15 +34,19 @@ def run_benchmark(name: str, *args: str, out: Path) -> dict[str, Any]:
 
 def test_retrieval_overhead_breaks_down_into_its_steps(served_home: Path, tmp_path: Path) -> None:
     args = ("--task", "demo-sentiment", "--data", str(DEMO_DIR / "test.jsonl"), "--home", str(served_home))
-    report = run_benchmark("retrieval_overhead", *args, "--limit", "4", out=tmp_path / "r.json")
-    assert report["queries"] == 4
-    steps = report["p50_ms"]
-    assert set(steps) == {"resolve", "encode", "search", "aggregate", "full_forward"}
-    assert all(ms > 0 for ms in steps.values())
-    assert report["retrieval_p50_ms"] == pytest.approx(
-        sum(steps[s] for s in ("resolve", "encode", "search", "aggregate")), abs=1e-2
-    )
-    assert report["overhead"] == pytest.approx(sum(report["overhead_by_step"].values()))
+    sizes = ("--batch", "1", "--batch", "4")
+    report = run_benchmark("retrieval_overhead", *args, "--limit", "8", *sizes, out=tmp_path / "r.json")
+    assert report["queries"] == 8
+    assert set(report["by_batch_size"]) == {"1", "4"}
+    for measured in report["by_batch_size"].values():
+        steps = measured["p50_ms_per_query"]
+        assert set(steps) == {"resolve", "encode", "search", "aggregate", "full_forward"}
+        assert all(ms > 0 for ms in steps.values())
+        assert measured["retrieval_ms_per_query"] == pytest.approx(
+            sum(steps[s] for s in ("resolve", "encode", "search", "aggregate")), abs=1e-2
+        )
+        assert measured["overhead"] == pytest.approx(sum(measured["overhead_by_step"].values()))
+    assert report["overhead"] == report["by_batch_size"]["1"]["overhead"]
 
 
 def test_grpc_latency_reports_both_modes(served_home: Path, tmp_path: Path) -> None:
