@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: reading the texts they time, and writing their report.
+"""What the benchmark scripts share: their common flags, the texts they time, their report.
 
 The scripts run standalone (``python benchmarks/<name>.py``), which puts this
 folder on ``sys.path``; they import this module as ``_common``.
@@ -6,12 +6,26 @@ folder on ``sys.path``; they import this module as ``_common``.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 from raee.data import Example, read_examples
 from raee.tasks import TaskSpec
+
+
+def task_parser(doc: str | None, task: str = "sst2", data: Path | None = None) -> argparse.ArgumentParser:
+    """A parser with the flags of a benchmark over a published task: ``--task``, ``--data``,
+    ``--home`` (its embedded store) and ``--out`` (where the report also goes)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default=task, help="a published task")
+    parser.add_argument(
+        "--data", type=Path, default=data or Path("../shared/data/sst2/test.jsonl"), help="texts to send"
+    )
+    parser.add_argument("--home", type=Path, default=Path(".raee"), help="the embedded store's folder")
+    parser.add_argument("--out", type=Path, help="also write the report here")
+    return parser
 
 
 def read_valid(path: Path, spec: TaskSpec, limit: int | None = None) -> list[Example]:

@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from pathlib import Path
 
 import numpy as np
-from _common import emit, read_valid
+from _common import emit, read_valid, task_parser
 
 from raee.client import InferenceClient
 from raee.pair import start_pair
@@ -100,19 +99,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--task", default="sst2")
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/sst2/test.jsonl"))
-    parser.add_argument("--home", type=Path, default=Path(".raee"))
+    parser = task_parser(__doc__)
     parser.add_argument("--limit", type=int, default=300, help="test texts for batch-1 latency")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--per-client", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = asyncio.run(run(args))
     emit(report, args.out)

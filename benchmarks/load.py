@@ -14,13 +14,13 @@ import argparse
 import asyncio
 import collections
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
-from _common import emit, read_valid
+from _common import emit, read_valid, task_parser
 
 from raee.client import InferenceClient
+from raee.demo import DEMO_DIR
 from raee.pair import start_pair
 from raee.serving.config import InferenceConfig, RetrievalConfig
 from raee.store import open_store
@@ -95,22 +95,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--task", default="demo-sentiment")
-    parser.add_argument(
-        "--data", type=Path, default=None, help="texts to send (default: the demo's test set)"
-    )
-    parser.add_argument("--home", type=Path, default=Path(".raee"))
+    parser = task_parser(__doc__, task="demo-sentiment", data=DEMO_DIR / "test.jsonl")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    if args.data is None:
-        from raee.demo import DEMO_DIR
-
-        args.data = DEMO_DIR / "test.jsonl"
     report = asyncio.run(run(args))
     emit(report, args.out)
 

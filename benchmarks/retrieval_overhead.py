@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _common import emit, read_valid
+from _common import emit, read_valid, task_parser
 
 from raee.backbone import Backbone
 from raee.defaults import DEFAULT_BACKBONE, DEFAULT_ENCODER
@@ -109,12 +108,7 @@ def summarise(samples: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--task", default="sst2")
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/sst2/test.jsonl"))
-    parser.add_argument("--home", type=Path, default=Path(".raee"))
+    parser = task_parser(__doc__)
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--encoder", default=DEFAULT_ENCODER)
     parser.add_argument("--k", type=int, default=DEFAULT_K)
@@ -123,7 +117,6 @@ def main() -> None:
         "--batch", type=int, action="append", default=None, help="queries answered together (1 and 16)"
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.batch = args.batch or [1, 16]
     report = run(args)
