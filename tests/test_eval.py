@@ -42,8 +42,6 @@ def test_eval_writes_the_summary_table_and_plots(tmp_path: Path, capsys: pytest.
     assert set(speed["retrieval_overhead_by_part"]) == {"encode", "search", "aggregate"}
     assert speed["retrieval_overhead"] == pytest.approx(sum(speed["retrieval_overhead_by_part"].values()))
     assert 0 < speed["retrieval_overhead_by_part"]["encode"] < speed["retrieval_overhead"]
-    # Without gRPC round trips, the overhead is smaller than through gRPC.
-    assert speed["retrieval_overhead"] < speed["retrieval_overhead_grpc"]
     for name in ("results.md", "details.json", "exit_histogram_custom.png", "score_vs_depth.png"):
         assert (out / name).stat().st_size > 0
     assert "| demo-sentiment |" in capsys.readouterr().out
