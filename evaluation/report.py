@@ -105,10 +105,19 @@ def plots(summary: dict[str, Any], details: dict[str, Any], out: Path) -> list[P
         plt.close(figure)
         written.append(path)
 
+    # One colour per method, one marker per template family.
+    colours = {method: f"C{i}" for i, method in enumerate(METHODS)}
+    markers = "o^sDvP"
     figure, axis = plt.subplots(figsize=(6, 4))
-    for family, tasks in summary["families"].items():
+    for (family, tasks), marker in zip(summary["families"].items(), markers, strict=False):
         for method, values in averages(tasks).items():
-            axis.scatter(values["avg_exit"], values["score"], label=f"{method} ({family})")
+            axis.scatter(
+                values["avg_exit"],
+                values["score"],
+                color=colours[method],
+                marker=marker,
+                label=f"{method} ({family})",
+            )
     axis.set_xlabel(f"average exit layer (of {summary['num_layers']})")
     axis.set_ylabel("average score")
     axis.legend(fontsize=6, ncol=2)
