@@ -285,22 +285,23 @@ def service_target(
     return svc, []
 
 
+# Env keys holding a peer's address: (key, pattern, shape in messages, peer role, port name).
+ADDRESS_ENV = (
+    ("RAEE_QDRANT_URL", r"https?://([A-Za-z0-9.-]+):(\d+)/?", "http(s)://host:port", "qdrant", "http"),
+    ("RAEE_RETRIEVAL_ADDR", r"([A-Za-z0-9.-]+):(\d+)", "host:port", "retrieval", "grpc"),
+)
+
+
 def check_addresses(ctx: Context, pod: PodTemplate, where: str, env: Env, problems: Problems) -> None:
     checks: list[tuple[str, str, str]] = []  # (env, role, port name)
-    url = env.values.get("RAEE_QDRANT_URL")
-    if url is not None:
-        match = re.fullmatch(r"https?://([A-Za-z0-9.-]+):(\d+)/?", url)
-        if not match:
-            problems.add(where, f"RAEE_QDRANT_URL={url!r} is not http(s)://host:port")
+    for name, pattern, shape, role, port_name in ADDRESS_ENV:
+        value = env.values.get(name)
+        if value is None:
+            continue
+        if re.fullmatch(pattern, value):
+            checks.append((name, role, port_name))
         else:
-            checks.append(("RAEE_QDRANT_URL", "qdrant", "http"))
-    addr = env.values.get("RAEE_RETRIEVAL_ADDR")
-    if addr is not None:
-        match = re.fullmatch(r"([A-Za-z0-9.-]+):(\d+)", addr)
-        if not match:
-            problems.add(where, f"RAEE_RETRIEVAL_ADDR={addr!r} is not host:port")
-        else:
-            checks.append(("RAEE_RETRIEVAL_ADDR", "retrieval", "grpc"))
+            problems.add(where, f"{name}={value!r} is not {shape}")
     for name, role, port_name in checks:
         host, port = re.findall(r"([A-Za-z0-9.-]+):(\d+)", env.values[name])[-1]
         svc, targets = service_target(ctx, pod.namespace, host, int(port))
