@@ -199,6 +199,18 @@ BREAKAGES = {
         "value: retrieval:50051",
         ["RAEE_RETRIEVAL_ADDR", "no Service retrieval"],
     ),
+    "retrieval address is not host:port": (
+        "base/inference.yaml",
+        "value: raee-retrieval:50051",
+        "value: raee-retrieval",
+        ["RAEE_RETRIEVAL_ADDR='raee-retrieval' is not host:port"],
+    ),
+    "qdrant url is not http(s)://host:port": (
+        "base/kustomization.yaml",
+        "RAEE_QDRANT_URL=http://qdrant:6333",
+        "RAEE_QDRANT_URL=qdrant:6333",
+        ["RAEE_QDRANT_URL='qdrant:6333' is not http(s)://host:port"],
+    ),
     "writable root filesystem": (
         "base/retrieval.yaml",
         "            readOnlyRootFilesystem: true",
