@@ -26,13 +26,15 @@ One ablation is scored beside them (``ABLATIONS``), not part of the paper:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from raee.exit_info import ExitInfo
-from raee.exit_rule import HasExitInfo, choose_exit
+from raee.exit_rule import choose_exit
+from raee.store import Neighbour
 from raee.tasks import Metric
 
 METHODS = ("full", "raee", "knn", "static", "confidence", "oracle")
@@ -49,7 +51,7 @@ class TaskArrays:
     raee_exits: np.ndarray  # (n,)
     full_preds: np.ndarray  # (n,) from the service
     neighbour_labels: np.ndarray  # (n, k) label indices, nearest first
-    neighbours: Sequence[Sequence[HasExitInfo]]  # (n, k) the same neighbours' exit information
+    neighbours: Sequence[Sequence[Neighbour]]  # (n, k) the same neighbours' exit information
     train_accuracy_per_exit: np.ndarray  # (L + 1,)
     train_probs: np.ndarray  # (m, L + 1, C) a train sample, for tau
     train_gold: np.ndarray  # (m,)
@@ -61,12 +63,6 @@ class MethodScore:
     avg_exit: float
 
 
-@dataclass(frozen=True)
-class _Neighbour:
-    squared_distance: float
-    exit: ExitInfo
-
-
 def constant_exits(probs: np.ndarray, share: float = CONSTANT_SHARE) -> np.ndarray:
     """``(L + 1,)`` True where one class is the prediction for at least ``share`` of the rows."""
     predictions = probs.argmax(axis=-1)  # (m, L + 1)
@@ -76,11 +72,11 @@ def constant_exits(probs: np.ndarray, share: float = CONSTANT_SHARE) -> np.ndarr
 
 
 def exits_ignoring(
-    neighbours: Sequence[Sequence[HasExitInfo]], ignored: np.ndarray, num_layers: int
+    neighbours: Sequence[Sequence[Neighbour]], ignored: np.ndarray, num_layers: int
 ) -> np.ndarray:
     """The paper's exit rule per query, with the ``ignored`` exits removed from all exit information."""
     exits = [
-        choose_exit([_Neighbour(n.squared_distance, _without(n.exit, ignored)) for n in row], num_layers)
+        choose_exit([dataclasses.replace(n, exit=_without(n.exit, ignored)) for n in row], num_layers)
         for row in neighbours
     ]
     return np.asarray([decision.exit_layer for decision in exits], dtype=np.int64)

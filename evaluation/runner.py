@@ -34,13 +34,12 @@ from evaluation.methods import ABLATIONS, METHODS, TaskArrays, constant_exits, e
 from evaluation.report import write
 from ingest import run_ingest
 from raee.backbone import Backbone, TaskProbe
-from raee.client import classify_request
+from raee.client import classify_request, neighbour_from_message
 from raee.data import Example, read_examples
 from raee.encoder import QueryEncoder
-from raee.exit_info import ExitInfo
 from raee.pair import start_pair
 from raee.serving.config import InferenceConfig, RetrievalConfig
-from raee.store import ExitStore, TaskNotFoundError, TaskVersion, open_store
+from raee.store import ExitStore, Neighbour, TaskNotFoundError, TaskVersion, open_store
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 
@@ -165,29 +164,11 @@ async def classify_all(
     )
 
 
-@dataclass(frozen=True)
-class RetrievedNeighbour:
-    """A neighbour as the retrieval service returned it, in the exit rule's terms."""
-
-    label_index: int
-    squared_distance: float
-    exit: ExitInfo
-
-    @classmethod
-    def from_message(cls, message: retrieval_pb2.Neighbour, spec: TaskSpec) -> RetrievedNeighbour:
-        # Unit vectors: squared L2 distance = 2 - 2 cosine similarity.
-        return cls(
-            label_index=spec.label_index(message.label),
-            squared_distance=max(0.0, 2.0 - 2.0 * message.similarity),
-            exit=ExitInfo(tuple(message.exit_layers), tuple(message.exit_probs)),
-        )
-
-
 async def retrieve_neighbours(
     stub: retrieval_pb2_grpc.RetrievalServiceStub, spec: TaskSpec, texts: Sequence[str]
-) -> list[list[RetrievedNeighbour]]:
+) -> list[list[Neighbour]]:
     """Each text's k neighbours (the service's default k), nearest first."""
-    rows: list[list[RetrievedNeighbour]] = []
+    rows: list[list[Neighbour]] = []
     for i in range(0, len(texts), CHUNK):
         request = retrieval_pb2.BatchExitDistributionRequest(
             requests=[
@@ -199,7 +180,7 @@ async def retrieve_neighbours(
         for result in reply.results:
             if result.HasField("error"):
                 raise RuntimeError(f"{spec.name}: retrieval failed: {result.error.message}")
-            rows.append([RetrievedNeighbour.from_message(n, spec) for n in result.response.neighbours])
+            rows.append([neighbour_from_message(n, spec) for n in result.response.neighbours])
     return rows
 
 

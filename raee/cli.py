@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from evaluation import BENCHMARK_TASKS, FAMILIES
 from raee.data import DataError, read_examples
 from raee.defaults import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from raee.demo import DEMO_DIR
@@ -127,9 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--data-root", type=Path, default=Path("../shared/data"), help="<task>/{train,test}.jsonl"
     )
-    evaluate.add_argument("--family", action="append", choices=["paper", "cloze"], help="(both)")
+    evaluate.add_argument("--family", action="append", choices=FAMILIES, help="(all)")
     evaluate.add_argument(
-        "--task", action="append", help="(sst2 sst5 mr cr trec cola); --task none: only --task-dir ones"
+        "--task", action="append", help=f"({' '.join(BENCHMARK_TASKS)}); --task none: only --task-dir ones"
     )
     evaluate.add_argument(
         "--task-dir", action="append", type=Path, default=[], help="task.yaml + train/test.jsonl"
@@ -343,9 +344,9 @@ def _eval(args: argparse.Namespace) -> int:
     from evaluation.runner import benchmark_tasks, folder_task, run_eval
     from raee.paths import raee_home
 
-    task_names = args.task or ["sst2", "sst5", "mr", "cr", "trec", "cola"]
+    task_names = args.task or list(BENCHMARK_TASKS)
     names = [] if task_names == ["none"] else task_names
-    tasks = benchmark_tasks(args.data_root, args.family or ["paper", "cloze"], names)
+    tasks = benchmark_tasks(args.data_root, args.family or list(FAMILIES), names)
     tasks += [folder_task(folder) for folder in args.task_dir]
     if not tasks:
         raise ValueError("task: nothing to evaluate")

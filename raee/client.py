@@ -1,12 +1,15 @@
-"""A small client of the InferenceService, used by ``raee classify``, the demo and the benchmarks."""
+"""A small client of the services, used by ``raee classify``, the demo, ``raee eval`` and the benchmarks."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
 
+from raee.exit_info import ExitInfo
 from raee.serving.security import bearer_metadata, channel_credentials, open_channel
-from raee.v1 import inference_pb2, inference_pb2_grpc
+from raee.store import Neighbour
+from raee.tasks import TaskSpec
+from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2
 
 MODES = {"raee": inference_pb2.MODE_RAEE, "full": inference_pb2.MODE_FULL, "fixed": inference_pb2.MODE_FIXED}
 
@@ -17,6 +20,19 @@ def classify_request(
     if mode not in MODES:
         raise ValueError(f"mode: {mode!r} is not one of {sorted(MODES)}")
     return inference_pb2.ClassifyRequest(task=task, text=text, mode=MODES[mode], layer=layer, k=k)
+
+
+def neighbour_from_message(message: retrieval_pb2.Neighbour, spec: TaskSpec) -> Neighbour:
+    """A neighbour of an exit-distribution response, as the store returned it to the service."""
+    return Neighbour(
+        point_id=message.id,
+        similarity=message.similarity,
+        example_id=message.example_id,
+        text=message.text,
+        label=message.label,
+        label_index=spec.label_index(message.label),
+        exit=ExitInfo(tuple(message.exit_layers), tuple(message.exit_probs)),
+    )
 
 
 class InferenceClient:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,16 +20,8 @@ from raee.serving.config import InferenceConfig, RetrievalConfig
 from raee.store import ExitStore, open_store
 from raee.tasks import TaskSpec
 
-DEMO_TEST_TEXTS = [  # the demo's test sentences
-    "a lovely film with a big heart .",
-    "the charger stopped working after a week .",
-    "sharp writing and a terrific cast .",
-    "boring , predictable and far too long .",
-    "the room was clean and the breakfast was delicious .",
-    "the screen cracked the first time i dropped it .",
-    "a moving , funny and honest story .",
-    "a clumsy film that never finds its tone .",
-]
+# The demo's test sentences, as shipped.
+DEMO_TEST_TEXTS = [json.loads(line)["text"] for line in (DEMO_DIR / "test.jsonl").read_text().splitlines()]
 
 SENTIMENT_TEXTS = [
     "a gorgeous , witty , seductive movie .",

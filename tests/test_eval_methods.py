@@ -15,6 +15,7 @@ from evaluation.methods import (
     knn_vote,
 )
 from raee.exit_info import ExitInfo
+from raee.store import Neighbour
 from raee.tasks import Metric
 
 
@@ -42,10 +43,10 @@ def test_tau_prefers_the_best_score_then_the_shallowest_exits() -> None:
     assert tau > 0.96  # below it, example 2 exits at 0 and is wrong
 
 
-class Neighbour:
-    def __init__(self, squared_distance: float, layers: tuple[int, ...], probs: tuple[float, ...]) -> None:
-        self.squared_distance = squared_distance
-        self.exit = ExitInfo(layers, probs)
+def neighbour(squared_distance: float, layers: tuple[int, ...], probs: tuple[float, ...]) -> Neighbour:
+    """A retrieved example at this squared distance from the query (unit vectors: d = 2 - 2 s)."""
+    similarity = 1.0 - squared_distance / 2.0
+    return Neighbour(0, similarity, "example", "text", "label", 0, ExitInfo(layers, probs))
 
 
 def test_constant_exits_are_those_predicting_one_class_for_nearly_every_row() -> None:
@@ -56,8 +57,8 @@ def test_constant_exits_are_those_predicting_one_class_for_nearly_every_row() ->
 
 
 def test_the_rule_blind_to_ignored_exits_chooses_among_the_others() -> None:
-    near = Neighbour(0.1, (0, 2), (0.99, 0.6))
-    far = Neighbour(0.2, (0, 1), (0.99, 0.7))
+    near = neighbour(0.1, (0, 2), (0.99, 0.6))
+    far = neighbour(0.2, (0, 1), (0.99, 0.7))
     none_ignored = np.array([False, False, False])
     exit_0_ignored = np.array([True, False, False])
     # With exit 0, both neighbours put most weight there.
@@ -65,7 +66,7 @@ def test_the_rule_blind_to_ignored_exits_chooses_among_the_others() -> None:
     # Without it: exit 2 scores 1.0 x 0.6, exit 1 scores 0.5 x 0.7 (weights min d / d).
     assert exits_ignoring([[near, far]], exit_0_ignored, 2).tolist() == [2]
     # Nothing left to go on: the full model.
-    assert exits_ignoring([[Neighbour(0.1, (0,), (0.99,))]], exit_0_ignored, 2).tolist() == [2]
+    assert exits_ignoring([[neighbour(0.1, (0,), (0.99,))]], exit_0_ignored, 2).tolist() == [2]
 
 
 def test_evaluate_scores_every_method() -> None:
@@ -79,7 +80,7 @@ def test_evaluate_scores_every_method() -> None:
         full_preds=test[:, -1].argmax(-1),
         neighbour_labels=np.array([[1, 1, 0], [0, 0, 1], [0, 1, 0], [1, 1, 1]]),
         # Exit 0 predicts class 1 for examples 1, 3 (0.6 > 0.5) and class 0 for 2, 4: not constant.
-        neighbours=[[Neighbour(0.1, (1,), (0.7,))]] * 4,
+        neighbours=[[neighbour(0.1, (1,), (0.7,))]] * 4,
         train_accuracy_per_exit=np.array([40.0, 70.0, 60.0]),
         train_probs=test,
         train_gold=gold,
