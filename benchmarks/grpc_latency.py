@@ -23,10 +23,10 @@ import time
 import numpy as np
 from _common import emit, read_valid, task_parser
 
-from raee.client import InferenceClient
-from raee.pair import start_pair
-from raee.serving.config import InferenceConfig, RetrievalConfig
+from raee.settings import InferenceSettings, RetrievalSettings
 from raee.store import open_store
+from raee_cli.client import InferenceClient
+from raee_cli.pair import start_pair
 
 MODES = ("raee", "full")
 
@@ -62,8 +62,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     spec = open_store(home=args.home).get_task(args.task).spec
     texts = [e.text for e in read_valid(args.data, spec, args.limit)]
     pair = await start_pair(
-        RetrievalConfig(port=0, metrics_port=0, home=str(args.home)),
-        InferenceConfig(port=0, metrics_port=0, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
+        RetrievalSettings(port=0, metrics_port=0, home=args.home),
+        InferenceSettings(port=0, metrics_port=0, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
     )
     try:
         async with InferenceClient(pair.inference_address) as client:

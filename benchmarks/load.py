@@ -19,11 +19,11 @@ import grpc
 import numpy as np
 from _common import emit, read_valid, task_parser
 
-from raee.client import InferenceClient
-from raee.demo import DEMO_DIR
-from raee.pair import start_pair
-from raee.serving.config import InferenceConfig, RetrievalConfig
+from raee.settings import InferenceSettings, RetrievalSettings
 from raee.store import open_store
+from raee_cli.client import InferenceClient
+from raee_cli.demo import DEMO_DIR
+from raee_cli.pair import start_pair
 
 
 def rss_mb() -> float:
@@ -38,7 +38,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     spec = open_store(home=args.home).get_task(args.task).spec
     texts = [e.text for e in read_valid(args.data, spec)]
     pair = await start_pair(
-        RetrievalConfig(port=0, metrics_port=0, home=str(args.home)), InferenceConfig(port=0, metrics_port=0)
+        RetrievalSettings(port=0, metrics_port=0, home=args.home),
+        InferenceSettings(port=0, metrics_port=0),
     )
     latencies: list[float] = []
     errors: collections.Counter[str] = collections.Counter()

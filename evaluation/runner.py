@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,18 @@ from evaluation.methods import ABLATIONS, METHODS, TaskArrays, constant_exits, e
 from evaluation.report import write
 from ingest import run_ingest
 from raee.backbone import Backbone, TaskProbe
-from raee.client import classify_request, neighbour_from_message
 from raee.data import Example, read_examples
 from raee.encoder import QueryEncoder
-from raee.pair import start_pair
-from raee.serving.config import InferenceConfig, RetrievalConfig
-from raee.store import ExitStore, Neighbour, TaskNotFoundError, TaskVersion, open_store
+from raee.errors import TaskNotFoundError
+from raee.settings import InferenceSettings, RetrievalSettings
+from raee.store import ExitStore, Neighbour, TaskVersion, open_store
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from raee.wire.inference import classify_request
+from raee.wire.retrieval import neighbour_from_message
+from raee_cli.pair import start_pair
 
-SPECS_DIR = Path(__file__).resolve().parent.parent / "examples" / "tasks"
+SPECS_DIR = Path(str(files("evaluation") / "tasks"))  # package data: found installed too
 CHUNK = 64
 log = logging.getLogger("raee.eval")
 THROUGHPUT_CLIENTS = 16
@@ -60,7 +63,7 @@ class EvalTask:
 
 
 def benchmark_tasks(data_root: Path, families: Sequence[str], tasks: Sequence[str]) -> list[EvalTask]:
-    """The shipped specs (``examples/tasks/<family>/<task>.yaml``) over ``data_root/<task>``."""
+    """The shipped specs (``evaluation/tasks/<family>/<task>.yaml``) over ``data_root/<task>``."""
     found = []
     for family in families:
         for task in tasks:
@@ -368,8 +371,8 @@ async def run_eval(
     encoder = QueryEncoder(encoder_source)
     store = open_store(home=home)
     pair = await start_pair(
-        RetrievalConfig(port=0, metrics_port=0, home=str(home)),
-        InferenceConfig(port=0, metrics_port=0),
+        RetrievalSettings(port=0, metrics_port=0, home=home),
+        InferenceSettings(port=0, metrics_port=0),
         backbone=backbone,
         encoder=encoder,
     )

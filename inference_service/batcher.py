@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from raee.serving.errors import OverloadedError
+from raee.errors import OverloadedError
 
 logger = logging.getLogger(__name__)
 

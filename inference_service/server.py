@@ -10,18 +10,20 @@ from grpc import aio
 
 from inference_service.batcher import MicroBatcher
 from inference_service.servicer import SERVICE_NAME, InferenceServicer
-from inference_service.worker import InferenceWorker, Outcome, WorkItem
+from inference_service.worker import InferenceWorker
 from raee.backbone import Backbone
-from raee.serving.config import InferenceConfig
 from raee.serving.metrics import serve_metrics
-from raee.serving.security import bearer_metadata, channel_credentials, open_channel
+from raee.serving.security import ServerSecurity, bearer_metadata, channel_credentials, open_channel
 from raee.serving.server import (
     MAX_MESSAGE_BYTES,
     RunningServer,
     start_server,
     wait_for_shutdown_signal,
 )
+from raee.settings import InferenceSettings
 from raee.v1 import inference_pb2_grpc, retrieval_pb2_grpc
+from raee.wire.inference import Outcome, WorkItem
+from raee.wire.retrieval import RetrievalClient
 
 logger = logging.getLogger(__name__)
 
@@ -44,51 +46,52 @@ class InferenceServer:
         await self.channel.close()
 
 
-async def start(config: InferenceConfig, *, backbone: Backbone | None = None) -> InferenceServer:
+async def start(settings: InferenceSettings, *, backbone: Backbone | None = None) -> InferenceServer:
     """Start serving at once (NOT_SERVING), load the backbone, then report SERVING."""
-    servicer = InferenceServicer(config)
+    servicer = InferenceServicer(settings)
     running = await start_server(
-        port=config.port,
+        port=settings.port,
         register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
-        security=config.security,
+        security=ServerSecurity.of(settings),
     )
     logger.info("inference worker listening on port %d; loading backbone", running.port)
     if backbone is None:
-        backbone = await asyncio.to_thread(Backbone.load, config.backbone)
+        backbone = await asyncio.to_thread(Backbone.load, settings.backbone)
     # dns:/// with round_robin spreads calls over every retrieval pod behind a headless Service.
-    target = config.retrieval_addr if "://" in config.retrieval_addr else f"dns:///{config.retrieval_addr}"
+    target = (
+        settings.retrieval_addr if "://" in settings.retrieval_addr else f"dns:///{settings.retrieval_addr}"
+    )
     credentials = channel_credentials(
-        config.retrieval_tls_ca, config.retrieval_tls_cert, config.retrieval_tls_key
+        settings.retrieval_tls_ca, settings.retrieval_tls_cert, settings.retrieval_tls_key
     )
     channel = open_channel(
         target,
         credentials,
         [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.lb_policy_name", "round_robin")],
     )
-    worker = InferenceWorker(
-        backbone,
+    retrieval = RetrievalClient(
         retrieval_pb2_grpc.RetrievalServiceStub(channel),
-        retrieval_timeout_s=config.retrieval_timeout_ms / 1000,
-        task_ttl_s=config.task_ttl_s,
-        metadata=bearer_metadata(config.retrieval_token),
+        timeout_s=settings.retrieval_timeout_ms / 1000,
+        metadata=bearer_metadata(settings.retrieval_token.get_secret_value()),
     )
+    worker = InferenceWorker(backbone, retrieval, task_ttl_s=settings.task_ttl_s)
     batcher: MicroBatcher[WorkItem, Outcome] = MicroBatcher(
         worker.process,
-        max_batch=config.max_batch,
-        max_wait_s=config.max_wait_ms / 1000,
-        max_queue=config.max_queue,
+        max_batch=settings.max_batch,
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_queue=settings.max_queue,
     )
     batcher.start()
     servicer.batcher = batcher
     await running.set_serving(True)
-    logger.info("inference worker SERVING %s (retrieval at %s)", backbone.id, config.retrieval_addr)
+    logger.info("inference worker SERVING %s (retrieval at %s)", backbone.id, settings.retrieval_addr)
     return InferenceServer(running, batcher, worker, channel)
 
 
-async def serve(config: InferenceConfig) -> None:
-    serve_metrics(config.metrics_port)
-    server = await start(config)
+async def serve(settings: InferenceSettings) -> None:
+    serve_metrics(settings.metrics_port)
+    server = await start(settings)
     await wait_for_shutdown_signal()
-    await server.stop(config.grace_s)
+    await server.stop(settings.grace_s)
     logger.info("inference worker stopped")

@@ -22,57 +22,24 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import IntEnum
 
-import grpc
 import numpy as np
 
 from raee.backbone import Backbone, TaskProbe
-from raee.serving.errors import (
+from raee.errors import (
     BackboneMismatchError,
     InvalidArgumentError,
-    StatusError,
+    RemoteError,
+    TaskNotFoundError,
     UpstreamUnavailableError,
 )
+from raee.serving.errors import code_name
 from raee.serving.metrics import BATCH_GROUPS, BATCH_SIZE, DEGRADED, EXIT_LAYER, GROUP_SIZE
-from raee.store import TaskNotFoundError
 from raee.tasks import TaskSpec
-from raee.v1 import retrieval_pb2, retrieval_pb2_grpc
+from raee.wire.inference import Mode, Outcome, WorkItem
+from raee.wire.retrieval import ExitPlan, PlanRequest, RetrievalClient
 
 logger = logging.getLogger(__name__)
-
-
-class Mode(IntEnum):  # mirrors raee.v1.Mode
-    RAEE = 1
-    FULL = 2
-    FIXED = 3
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    task: str
-    text: str
-    mode: Mode
-    layer: int | None = None
-    k: int | None = None
-    include_distribution: bool = False
-
-
-@dataclass
-class Outcome:
-    label: str
-    label_index: int
-    probabilities: list[float]
-    exit_layer: int
-    num_layers: int
-    retrieval_ms: float = 0.0
-    forward_ms: float = 0.0
-    degraded: bool = False
-    degraded_reason: str = ""
-    fallback: int = 0
-    distribution: list[float] = field(default_factory=list)
-    task_version: str = ""
-    batch_group_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -96,17 +63,13 @@ class InferenceWorker:
     def __init__(
         self,
         backbone: Backbone,
-        retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
+        retrieval: RetrievalClient,
         *,
-        retrieval_timeout_s: float = 1.0,
         task_ttl_s: float = 5.0,
-        metadata: tuple[tuple[str, str], ...] | None = None,
     ) -> None:
         self.backbone = backbone
         self.retrieval = retrieval
-        self.retrieval_timeout_s = retrieval_timeout_s
         self.task_ttl_s = task_ttl_s
-        self._metadata = metadata  # the bearer token for the retrieval service, if any
         self._tasks: dict[str, _Task] = {}
         self._probes: dict[tuple[str, str], TaskProbe] = {}
         # Torch already uses every core: one forward pass at a time.
@@ -159,41 +122,24 @@ class InferenceWorker:
         if cached is not None and time.monotonic() - cached.fetched_at < self.task_ttl_s:
             return cached
         try:
-            info = await self.retrieval.GetTask(
-                retrieval_pb2.GetTaskRequest(task=name),
-                timeout=self.retrieval_timeout_s,
-                metadata=self._metadata,
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                self._tasks.pop(name, None)
-                raise TaskNotFoundError(name) from None
-            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise StatusError(error.code(), error.details() or "invalid task") from None
-            if cached is not None:  # retrieval is down: serve what we know, ask again after the TTL
-                self._tasks[name] = dataclasses.replace(cached, fetched_at=time.monotonic())
-                return cached
-            raise UpstreamUnavailableError(
-                f"task {name!r}: the retrieval service is unavailable ({error.code().name})"
-            ) from None
-        spec = TaskSpec.parse(
-            {
-                "name": info.spec.name,
-                "template": info.spec.template,
-                "labels": [{"name": label.name, "word": label.word} for label in info.spec.labels],
-                "metric": info.spec.metric,
-            },
-            source=f"task {name}",
-        )
-        task = _Task(spec, info.version, info.backbone_id, time.monotonic())
+            remote = await self.retrieval.get_task(name)
+        except TaskNotFoundError:
+            self._tasks.pop(name, None)
+            raise
+        except UpstreamUnavailableError:
+            if cached is None:
+                raise
+            # Retrieval is down: serve what we know, ask again after the TTL.
+            self._tasks[name] = dataclasses.replace(cached, fetched_at=time.monotonic())
+            return cached
+        task = _Task(remote.spec, remote.version, remote.backbone_id, time.monotonic())
         self._tasks[name] = task
         return task
 
     def _static_exit(self, item: WorkItem) -> int:
         if item.mode is Mode.FULL:
             return self.backbone.num_layers
-        if item.layer is None:
-            raise InvalidArgumentError("layer", "is required with MODE_FIXED")
+        assert item.layer is not None, "validated by raee.wire.inference.work_item"
         if not 0 <= item.layer <= self.backbone.num_layers:
             raise InvalidArgumentError("layer", f"{item.layer} is outside 0..{self.backbone.num_layers}")
         return item.layer
@@ -208,52 +154,46 @@ class InferenceWorker:
         plans: dict[int, _Plan],
         results: list[Outcome | BaseException | None],
     ) -> None:
-        request = retrieval_pb2.BatchExitDistributionRequest(
-            requests=[
-                retrieval_pb2.ExitDistributionRequest(task=items[i].task, text=items[i].text, k=items[i].k)
-                for i in indices
-            ]
-        )
+        requests = [
+            PlanRequest(item.task, item.text, item.k, item.include_distribution)
+            for item in (items[i] for i in indices)
+        ]
         started = time.perf_counter()
         try:
-            response = await self.retrieval.BatchGetExitDistribution(
-                request, timeout=self.retrieval_timeout_s, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as error:
-            reason = f"retrieval {error.code().name}: {error.details()}"
-            DEGRADED.labels(error.code().name.lower()).inc()
-            logger.warning("answering %d requests at full depth: %s", len(indices), reason)
+            answers = await self.retrieval.exit_plans(requests)
+        except (UpstreamUnavailableError, RemoteError) as error:
+            reason = error.reason if isinstance(error, UpstreamUnavailableError) else code_name(error.code)
+            DEGRADED.labels(reason).inc()
+            logger.warning("answering %d requests at full depth: %s", len(indices), error)
             for i in indices:
                 task = tasks[items[i].task]
                 assert isinstance(task, _Task)
-                plans[i] = _Plan(
-                    task, self.backbone.num_layers, {"degraded": True, "degraded_reason": reason}
-                )
+                fields: dict[str, object] = {"degraded": True, "degraded_reason": str(error)}
+                plans[i] = _Plan(task, self.backbone.num_layers, fields)
             return
         retrieval_ms = 1000 * (time.perf_counter() - started)
-        for i, result in zip(indices, response.results, strict=True):
+        for i, answer in zip(indices, answers, strict=True):
             task = tasks[items[i].task]
             assert isinstance(task, _Task)
-            if result.HasField("error"):
-                results[i] = StatusError.from_code_value(result.error.code, result.error.message)
-                continue
-            answer = result.response
-            if answer.task_version != task.version:
-                self._tasks.pop(items[i].task, None)  # a new version: refresh the spec next batch
-            if answer.backbone_id != str(self.backbone.id):
-                results[i] = BackboneMismatchError(
-                    f"task {items[i].task!r} is now ingested with backbone {answer.backbone_id}; "
-                    f"this worker serves {self.backbone.id}"
-                )
-                continue
-            fields: dict[str, object] = {
-                "retrieval_ms": retrieval_ms,
-                "fallback": answer.fallback,
-                "task_version": answer.task_version,
-            }
-            if items[i].include_distribution:
-                fields["distribution"] = list(answer.distribution)
-            plans[i] = _Plan(task, int(answer.exit_layer), fields)
+            if isinstance(answer, RemoteError):
+                results[i] = answer
+            elif self._check_plan(items[i].task, answer, results, i):
+                plans[i] = _Plan(task, answer.exit_layer, _plan_fields(answer, retrieval_ms))
+
+    def _check_plan(
+        self, name: str, plan: ExitPlan, results: list[Outcome | BaseException | None], index: int
+    ) -> bool:
+        """Whether this worker can follow the plan; refresh the task on a new version."""
+        cached = self._tasks.get(name)
+        if cached is not None and plan.task_version != cached.version:
+            self._tasks.pop(name, None)  # a new version: refresh the spec next batch
+        if plan.backbone_id != str(self.backbone.id):
+            results[index] = BackboneMismatchError(
+                f"task {name!r} is now ingested with backbone {plan.backbone_id}; "
+                f"this worker serves {self.backbone.id}"
+            )
+            return False
+        return True
 
     # -- step 3: truncated forward passes -----------------------------------------------
 
@@ -306,6 +246,17 @@ class InferenceWorker:
             probe = self.backbone.for_task(task.spec)
             self._probes[key] = probe
         return probe
+
+
+def _plan_fields(plan: ExitPlan, retrieval_ms: float) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "retrieval_ms": retrieval_ms,
+        "fallback": plan.fallback,
+        "task_version": plan.task_version,
+    }
+    if plan.distribution:
+        fields["distribution"] = list(plan.distribution)
+    return fields
 
 
 def _predict(

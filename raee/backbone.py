@@ -22,21 +22,12 @@ import torch
 from torch import nn
 from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
+from raee.errors import InputTooLongError, TaskSpecError
 from raee.fingerprint import weights_fingerprint
 from raee.model_loading import BackboneKind, load_model, resolve_source
-from raee.tasks import TaskSpec, TaskSpecError
+from raee.tasks import TaskSpec
 
 DEFAULT_MAX_TOKENS = 512
-
-
-class InputTooLongError(ValueError):
-    """A formatted prompt exceeds the backbone's token budget."""
-
-    def __init__(self, index: int, length: int, limit: int) -> None:
-        super().__init__(f"text {index}: prompt is {length} tokens, more than the limit of {limit}")
-        self.index = index
-        self.length = length
-        self.limit = limit
 
 
 class UnsupportedBackboneError(RuntimeError):
@@ -53,11 +44,6 @@ class BackboneId:
 
     def __str__(self) -> str:
         return f"{self.name}/L{self.num_layers}/{self.fingerprint}"
-
-    @classmethod
-    def parse(cls, text: str) -> BackboneId:
-        name, layers, fingerprint = text.rsplit("/", 2)
-        return cls(name=name, num_layers=int(layers.removeprefix("L")), fingerprint=fingerprint)
 
 
 class _StopForward(Exception):  # noqa: N818 - control flow, not an error

@@ -1,10 +1,9 @@
-"""Logging set-up: ``RAEE_LOG_LEVEL`` (INFO) and ``RAEE_LOG_FORMAT`` (``text``, or ``json`` lines)."""
+"""Logging set-up: a level and a format (``text``, or ``json`` lines), from ``raee.settings.LogSettings``."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from datetime import UTC, datetime
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -26,14 +25,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging() -> None:
+def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
     handler = logging.StreamHandler()
-    if os.environ.get("RAEE_LOG_FORMAT", "text").lower() == "json":
+    if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("RAEE_LOG_LEVEL", "INFO").upper())
+    root.setLevel(level.upper())
     for noisy in ("httpx", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -2,7 +2,7 @@
 
 Loading a GGUF file dequantises every tensor, which takes about a minute for
 Gemma-3-270M, so the first load converts the model once into a safetensors
-folder under the cache (:func:`raee.paths.cache_dir`) and later loads read that
+folder under the cache (``RAEE_CACHE_DIR``, :class:`raee.settings.PathSettings`) and later loads read that
 folder in seconds. The folder is written under a temporary name and renamed
 when complete, so an interrupted conversion is never mistaken for a good one.
 """
@@ -29,15 +29,12 @@ from transformers import (
 )
 
 from raee.defaults import DEFAULT_BACKBONE
-from raee.paths import cache_dir
+from raee.errors import BackboneLoadError
+from raee.settings import PathSettings, load
 
 logger = logging.getLogger(__name__)
 
 BackboneKind = Literal["causal", "masked"]
-
-
-class BackboneLoadError(RuntimeError):
-    """The backbone could not be found or loaded."""
 
 
 @dataclass(frozen=True)
@@ -46,13 +43,17 @@ class ModelSource:
 
     name: str
     path: Path | str  # a local folder, a GGUF file, or a hub id
-    gguf_file: Path | None = None
+
+
+def cache_dir() -> Path:
+    """Where converted weights live (``RAEE_CACHE_DIR``, else ``~/.cache/raee``)."""
+    return load(PathSettings).cache_dir.expanduser()
 
 
 def resolve_source(source: str) -> ModelSource:
     """Turn ``gemma-3-270m``, a ``.gguf`` path, a folder or a hub id into a :class:`ModelSource`."""
     if source == DEFAULT_BACKBONE:
-        return ModelSource(name=DEFAULT_BACKBONE, path=_assemble_default_gguf(), gguf_file=None)
+        return ModelSource(name=DEFAULT_BACKBONE, path=_assemble_default_gguf())
     path = Path(source).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -27,22 +27,17 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raee.errors import InvalidTaskNameError, TaskSpecError
+
 TEXT_SLOT = "{text}"
 MASK_SLOT = "{mask}"
 TASK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
-class TaskSpecError(ValueError):
-    """A task spec is malformed; the message names the offending field."""
-
-
-class InvalidTaskNameError(ValueError):
-    """A task name that cannot name a task (also a folder and a collection name)."""
-
-
 def check_task_name(task: str) -> str:
     if not re.fullmatch(TASK_NAME_PATTERN, task):
-        raise InvalidTaskNameError(f"task: {task!r} is not a valid task name ({TASK_NAME_PATTERN})")
+        shown = repr(task[:64]) + ("..." if len(task) > 64 else "")  # never echo unbounded input
+        raise InvalidTaskNameError(f"task: {shown} is not a valid task name ({TASK_NAME_PATTERN})")
     return task
 
 

@@ -8,32 +8,14 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from raee.encoder import QueryEncoder
-from raee.exit_rule import ExitDecision, choose_exit
-from raee.serving.errors import InvalidArgumentError
-from raee.store import ExitStore, Neighbour, TaskVersion
-from raee.tasks import TaskSpecError
-
-
-@dataclass(frozen=True)
-class Query:
-    task: str
-    k: int
-    text: str | None = None
-    embedding: np.ndarray | None = None
-    include_neighbours: bool = False
-
-
-@dataclass(frozen=True)
-class Answer:
-    decision: ExitDecision
-    neighbours: list[Neighbour]
-    version: TaskVersion
-    timing_ms: dict[str, float] = field(default_factory=dict)
+from raee.errors import EncoderMismatchError, InvalidArgumentError
+from raee.exit_rule import choose_exit
+from raee.store import ExitStore, TaskVersion
+from raee.wire.retrieval import ExitAnswer, ExitQuery
 
 
 class RetrievalEngine:
@@ -41,13 +23,13 @@ class RetrievalEngine:
         self.store = store
         self.encoder = encoder
 
-    def answer(self, queries: Sequence[Query]) -> list[Answer | Exception]:
+    def answer(self, queries: Sequence[ExitQuery]) -> list[ExitAnswer | Exception]:
         """One answer (or the error of that query) per query, in order.
 
         All texts are embedded in one encoder batch; each task's queries are one
         batched store search.
         """
-        results: list[Answer | Exception | None] = [None] * len(queries)
+        results: list[ExitAnswer | Exception | None] = [None] * len(queries)
         by_task: dict[str, list[int]] = defaultdict(list)
         for index, query in enumerate(queries):
             by_task[query.task].append(index)
@@ -77,17 +59,17 @@ class RetrievalEngine:
     def _check_version(self, task: str) -> TaskVersion:
         version = self.store.get_task(task)
         if version.encoder_id != self.encoder.id:
-            raise TaskSpecError(
+            raise EncoderMismatchError(
                 f"task {task!r} was ingested with encoder {version.encoder_id}, "
-                f"this service runs {self.encoder.id}"
+                f"this service runs {self.encoder.id}: re-ingest it (raee ingest) with this encoder"
             )
         return version
 
     def _vectors(
         self,
-        queries: list[Query],
+        queries: list[ExitQuery],
         versions: dict[str, TaskVersion],
-        results: list[Answer | Exception | None],
+        results: list[ExitAnswer | Exception | None],
         positions: list[int],
     ) -> dict[int, np.ndarray]:
         vectors: dict[int, np.ndarray] = {}
@@ -118,9 +100,9 @@ class RetrievalEngine:
         self,
         task: str,
         indices: list[int],
-        queries: Sequence[Query],
+        queries: Sequence[ExitQuery],
         vectors: dict[int, np.ndarray],
-        results: list[Answer | Exception | None],
+        results: list[ExitAnswer | Exception | None],
         encode_ms_each: float,
     ) -> None:
         k = max(queries[i].k for i in indices)
@@ -136,4 +118,4 @@ class RetrievalEngine:
                 "search_ms": search_ms,
                 "aggregate_ms": 1000 * (time.perf_counter() - started),
             }
-            results[index] = Answer(decision, mine, found.version, timing)
+            results[index] = ExitAnswer(decision, mine, found.version, timing)

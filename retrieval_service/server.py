@@ -7,10 +7,11 @@ import logging
 from dataclasses import dataclass
 
 from raee.encoder import QueryEncoder
-from raee.serving.config import RetrievalConfig
 from raee.serving.metrics import serve_metrics
+from raee.serving.security import ServerSecurity
 from raee.serving.server import RunningServer, start_server, wait_for_shutdown_signal
-from raee.store import ExitStore, open_store
+from raee.settings import RetrievalSettings
+from raee.store import ExitStore, open_store_from
 from raee.v1 import retrieval_pb2_grpc
 from retrieval_service.engine import RetrievalEngine
 from retrieval_service.servicer import SERVICE_NAME, RetrievalServicer
@@ -34,28 +35,28 @@ class RetrievalServer:
         self.store.close()
 
 
-async def start(config: RetrievalConfig, *, encoder: QueryEncoder | None = None) -> RetrievalServer:
+async def start(settings: RetrievalSettings, *, encoder: QueryEncoder | None = None) -> RetrievalServer:
     """Start serving at once (NOT_SERVING), load the encoder and store, then report SERVING."""
-    servicer = RetrievalServicer(config)
+    servicer = RetrievalServicer(settings)
     running = await start_server(
-        port=config.port,
+        port=settings.port,
         register=lambda server: retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
-        security=config.security,
+        security=ServerSecurity.of(settings),
     )
     logger.info("retrieval service listening on port %d; loading models", running.port)
-    store = open_store(config.store_url or None, home=config.home)
+    store = open_store_from(settings)
     if encoder is None:
-        encoder = await asyncio.to_thread(QueryEncoder, config.encoder)
+        encoder = await asyncio.to_thread(QueryEncoder, settings.encoder)
     servicer.engine = RetrievalEngine(store, encoder)
     await running.set_serving(True)
     logger.info("retrieval service SERVING (store %s, encoder %s)", store.location, encoder.id)
     return RetrievalServer(running, servicer, store)
 
 
-async def serve(config: RetrievalConfig) -> None:
-    serve_metrics(config.metrics_port)
-    server = await start(config)
+async def serve(settings: RetrievalSettings) -> None:
+    serve_metrics(settings.metrics_port)
+    server = await start(settings)
     await wait_for_shutdown_signal()
-    await server.stop(config.grace_s)
+    await server.stop(settings.grace_s)
     logger.info("retrieval service stopped")

@@ -13,12 +13,12 @@ from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
 from ingest import run_ingest
 from raee.backbone import Backbone
 from raee.data import read_examples
-from raee.demo import DEMO_DIR
 from raee.encoder import QueryEncoder
-from raee.pair import ServicePair, start_pair
-from raee.serving.config import InferenceConfig, RetrievalConfig
+from raee.settings import InferenceSettings, RetrievalSettings
 from raee.store import ExitStore, open_store
 from raee.tasks import TaskSpec
+from raee_cli.demo import DEMO_DIR
+from raee_cli.pair import ServicePair, start_pair
 
 # The demo's test sentences, as shipped.
 DEMO_TEST_TEXTS = [json.loads(line)["text"] for line in (DEMO_DIR / "test.jsonl").read_text().splitlines()]
@@ -108,8 +108,8 @@ async def start_demo_pair(
 ) -> ServicePair:
     """Both services on localhost ports picked by the OS, sharing the session's models."""
     return await start_pair(
-        RetrievalConfig(port=0, metrics_port=0, home=str(home)),
-        InferenceConfig(**{"port": 0, "metrics_port": 0, "max_wait_ms": 20.0, **inference}),  # type: ignore[arg-type]
+        RetrievalSettings(port=0, metrics_port=0, home=str(home)),
+        InferenceSettings(**{"port": 0, "metrics_port": 0, "max_wait_ms": 20.0, **inference}),  # type: ignore[arg-type]
         backbone=gemma,
         encoder=encoder,
     )

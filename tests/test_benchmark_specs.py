@@ -11,7 +11,7 @@ from raee.data import read_examples
 from raee.tasks import TaskSpec
 
 ROOT = Path(__file__).resolve().parent.parent
-SPECS = sorted((ROOT / "examples" / "tasks").glob("*/*.yaml"))
+SPECS = sorted((ROOT / "evaluation" / "tasks").glob("*/*.yaml"))
 DATA = ROOT.parent / "shared" / "data"
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from raee.demo import DEMO_DIR
+from raee_cli.demo import DEMO_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 

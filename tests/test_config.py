@@ -1,30 +1,86 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
+import re
+from pathlib import Path
 
 import pytest
 
 from raee.logs import JsonFormatter
-from raee.serving.config import InferenceConfig, RetrievalConfig, add_flags, load
+from raee.settings import (
+    ALL_SETTINGS,
+    InferenceSettings,
+    PathSettings,
+    RetrievalSettings,
+    SettingsError,
+    env_keys,
+    load,
+)
+from raee_cli.flags import add_settings_flags, settings_from_args
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_then_env_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert load(InferenceConfig).max_batch == 16
+    assert load(InferenceSettings).max_batch == 16
     monkeypatch.setenv("RAEE_MAX_BATCH", "32")
     monkeypatch.setenv("RAEE_RETRIEVAL_ADDR", "retrieval:6000")
-    assert load(InferenceConfig).max_batch == 32
+    assert load(InferenceSettings).max_batch == 32
     parser = argparse.ArgumentParser()
-    add_flags(parser, InferenceConfig)
-    config = load(InferenceConfig, parser.parse_args(["--max-batch", "8", "--max-wait-ms", "2.5"]))
-    assert (config.max_batch, config.max_wait_ms, config.retrieval_addr) == (8, 2.5, "retrieval:6000")
+    add_settings_flags(parser, InferenceSettings)
+    args = parser.parse_args(["--max-batch", "8", "--max-wait-ms", "2.5"])
+    settings = settings_from_args(InferenceSettings, args)
+    assert (settings.max_batch, settings.max_wait_ms, settings.retrieval_addr) == (8, 2.5, "retrieval:6000")
 
 
-def test_bad_env_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAEE_RETRIEVAL_PORT", "fifty")
-    with pytest.raises(ValueError, match=r"\$RAEE_RETRIEVAL_PORT: 'fifty' is not a valid int"):
-        load(RetrievalConfig)
+    with pytest.raises(SettingsError, match=r"\$RAEE_RETRIEVAL_PORT: .*valid integer.*'fifty'"):
+        load(RetrievalSettings)
+    monkeypatch.setenv("RAEE_RETRIEVAL_PORT", "70000")
+    with pytest.raises(SettingsError, match=r"\$RAEE_RETRIEVAL_PORT: .*65535"):
+        load(RetrievalSettings)
+
+
+def test_ranges_and_cross_field_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError, match=r"\$RAEE_MAX_BATCH: .*greater than or equal to 1"):
+        load(InferenceSettings, max_batch=0)
+    monkeypatch.setenv("RAEE_MAX_K", "4")
+    with pytest.raises(SettingsError, match=r"RAEE_DEFAULT_K .* must not exceed RAEE_MAX_K"):
+        load(RetrievalSettings)
+    monkeypatch.setenv("RAEE_LOG_FORMAT", "xml")
+    from raee.settings import LogSettings
+
+    with pytest.raises(SettingsError, match=r"\$RAEE_LOG_FORMAT"):
+        load(LogSettings)
+
+
+def test_only_documented_names_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A field called ``home`` must not pick up $HOME, nor ``port`` an unprefixed variable.
+    monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("PORT", "1234")
+    monkeypatch.setenv("RAEE_PORT", "1234")
+    assert load(PathSettings).home == Path(".raee")
+    assert load(RetrievalSettings).port == 50051
+    monkeypatch.setenv("RAEE_HOME", str(tmp_path))
+    assert load(RetrievalSettings).home == tmp_path
+    monkeypatch.setenv("RAEE_HOME", "")  # empty counts as unset
+    assert load(RetrievalSettings).home == Path(".raee")
+
+
+def test_secrets_stay_out_of_reprs_errors_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAEE_AUTH_TOKEN", "s3cret-token")
+    settings = load(InferenceSettings)
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.model_dump())
+    assert settings.auth_token.get_secret_value() == "s3cret-token"
+    parser = argparse.ArgumentParser()
+    add_settings_flags(parser, InferenceSettings)
+    flags = {action.dest for action in parser._actions}
+    assert "max_batch" in flags
+    assert not flags & {"auth_token", "retrieval_token"}
 
 
 def test_json_logs_carry_extras_and_exceptions() -> None:
@@ -46,20 +102,16 @@ def test_json_logs_carry_extras_and_exceptions() -> None:
     assert "RuntimeError: boom" in entry["exception"]
 
 
-def test_every_setting_is_documented() -> None:
-    import dataclasses
-    from pathlib import Path
+def test_the_configuration_reference_is_generated_from_the_settings() -> None:
+    """docs/configuration.md lists exactly the settings' variables, with their defaults (both ways)."""
+    spec = importlib.util.spec_from_file_location("gen_config_docs", ROOT / "scripts" / "gen_config_docs.py")
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    render = generator.render
 
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
-    for config_type in (RetrievalConfig, InferenceConfig):
-        for item in dataclasses.fields(config_type):
-            assert f"`{item.metadata['env']}`" in doc, item.metadata["env"]
-
-
-def test_secrets_have_no_flag() -> None:
-    parser = argparse.ArgumentParser()
-    add_flags(parser, InferenceConfig)
-    flags = {action.dest for action in parser._actions}
-    assert "auth_token" not in flags
-    assert "retrieval_token" not in flags
-    assert "max_batch" in flags
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert render() in doc, "docs/configuration.md is stale: run python scripts/gen_config_docs.py"
+    documented = set(re.findall(r"^\| `(RAEE_[A-Z0-9_]+)` \|", doc, flags=re.M))
+    assert documented == env_keys()
+    assert {kind.__name__ for kind in ALL_SETTINGS} <= set(re.findall(r"`(\w+Settings)`", doc))

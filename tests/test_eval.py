@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from evaluation.methods import METHODS
-from raee.cli import main
-from raee.demo import DEMO_DIR
+from raee_cli.demo import DEMO_DIR
+from raee_cli.main import main
 
 
 def test_eval_writes_the_summary_table_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,11 +12,11 @@ import numpy as np
 
 from raee.backbone import Backbone
 from raee.data import read_examples
-from raee.demo import DEMO_DIR
 from raee.encoder import QueryEncoder
-from raee.pair import ServicePair
 from raee.tasks import TaskSpec
 from raee.v1 import retrieval_pb2, retrieval_pb2_grpc
+from raee_cli.demo import DEMO_DIR
+from raee_cli.pair import ServicePair
 from tests.conftest import DEMO_TEST_TEXTS
 
 QUERIES = [

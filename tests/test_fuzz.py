@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from raee.pair import ServicePair
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from raee_cli.pair import ServicePair
 
 EXAMPLES = int(os.environ.get("RAEE_FUZZ_EXAMPLES", "150"))
 BROKEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}

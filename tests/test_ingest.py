@@ -16,13 +16,13 @@ import pytest
 
 from ingest import length_sorted_batches, run_ingest
 from raee.backbone import Backbone
-from raee.cli import main
 from raee.data import read_examples
-from raee.demo import DEMO_DIR
 from raee.encoder import QueryEncoder
 from raee.exit_info import ExitInfo
 from raee.store import open_store
 from raee.tasks import TaskSpec
+from raee_cli.demo import DEMO_DIR
+from raee_cli.main import main
 
 
 def test_length_sorted_batches_cover_every_index_once() -> None:
@@ -162,7 +162,7 @@ def test_killed_ingest_leaves_the_previous_version_served(tmp_path: Path) -> Non
     command = [
         sys.executable,
         "-m",
-        "raee.cli",
+        "raee_cli.main",
         "ingest",
         "--task-spec",
         str(spec_path),

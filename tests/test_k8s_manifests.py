@@ -70,7 +70,7 @@ def test_source_check_compares_the_manifests_with_the_code(tmp_path: Path, kubec
     config = tmp_path / "raee" / "serving" / "config.py"
     config.parent.mkdir(parents=True)
     config.write_text(
-        "class RetrievalConfig:\n"
+        "class RetrievalSettings:\n"
         '    port: int = env("RAEE_RETRIEVAL_PORT", 50061, "gRPC port")\n'
         '    metrics_port: int = env("RAEE_RETRIEVAL_METRICS_PORT", 9101, "metrics")\n'
     )
@@ -80,9 +80,9 @@ def test_source_check_compares_the_manifests_with_the_code(tmp_path: Path, kubec
     report = check_k8s.check(REPO / "k8s", repo_root=tmp_path, kubectl=kubectl, schema=False, source=True)
 
     expected = [
-        "the manifests set RAEE_ENCODER for raee serve retrieval, which RetrievalConfig does not read",
-        "RetrievalConfig defaults RAEE_RETRIEVAL_PORT to 50061, the manifests to 50051",
-        "config.py has no InferenceConfig",
+        "the manifests set RAEE_ENCODER for raee serve retrieval, which RetrievalSettings does not read",
+        "RetrievalSettings defaults RAEE_RETRIEVAL_PORT to 50061, the manifests to 50051",
+        "config.py has no InferenceSettings",
         "no proto under proto/ declares",
         "the manifests set RAEE_MAX_BATCH, but no Python file",
     ]

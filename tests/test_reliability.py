@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 
 from raee.backbone import Backbone
-from raee.client import InferenceClient
 from raee.encoder import QueryEncoder
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, inference_pb2_grpc
+from raee_cli.client import InferenceClient
 from retrieval_service import server as retrieval_server
 from tests.conftest import start_demo_pair
 
@@ -24,7 +23,7 @@ async def test_retrieval_killed_under_load_then_back(
     served_home: Path, gemma: Backbone, encoder: QueryEncoder, demo_spec: TaskSpec
 ) -> None:
     pair = await start_demo_pair(served_home, gemma, encoder, retrieval_timeout_ms=500.0)
-    retrieval_config = replace(pair.retrieval.servicer.config, port=pair.retrieval.port)
+    retrieval_config = pair.retrieval.servicer.settings.model_copy(update={"port": pair.retrieval.port})
     phase = "before"
     seen: dict[str, list[bool]] = {"before": [], "down": [], "after": []}
     failures: list[BaseException] = []

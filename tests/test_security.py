@@ -19,15 +19,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ingest import run_ingest
 from raee.backbone import Backbone
-from raee.client import InferenceClient
 from raee.data import read_examples
-from raee.demo import DEMO_DIR
 from raee.encoder import QueryEncoder
-from raee.pair import ServicePair, start_pair
-from raee.serving.config import InferenceConfig, RetrievalConfig
+from raee.settings import InferenceSettings, RetrievalSettings
 from raee.store import open_store
 from raee.tasks import TaskSpec
 from raee.v1 import retrieval_pb2, retrieval_pb2_grpc
+from raee_cli.client import InferenceClient
+from raee_cli.demo import DEMO_DIR
+from raee_cli.pair import ServicePair, start_pair
 from retrieval_service import server as retrieval_server
 
 RETRIEVAL_TOKEN = "retrieval-token-7f3a9c"
@@ -107,7 +107,7 @@ async def secure_pair(
     home: Path, pki: dict[str, str], gemma: Backbone, encoder: QueryEncoder
 ) -> AsyncIterator[ServicePair]:
     pair = await start_pair(
-        RetrievalConfig(
+        RetrievalSettings(
             port=0,
             metrics_port=0,
             home=str(home),
@@ -116,7 +116,7 @@ async def secure_pair(
             tls_key=pki["server_key"],
             tls_client_ca=pki["ca"],
         ),
-        InferenceConfig(
+        InferenceSettings(
             port=0,
             metrics_port=0,
             auth_token=INFERENCE_TOKEN,
@@ -209,8 +209,8 @@ async def test_secrets_never_reach_logs_or_reprs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    retrieval = RetrievalConfig(port=0, metrics_port=0, home=str(home), auth_token=RETRIEVAL_TOKEN)
-    inference = InferenceConfig(port=0, metrics_port=0, auth_token=INFERENCE_TOKEN)
+    retrieval = RetrievalSettings(port=0, metrics_port=0, home=str(home), auth_token=RETRIEVAL_TOKEN)
+    inference = InferenceSettings(port=0, metrics_port=0, auth_token=INFERENCE_TOKEN)
     assert RETRIEVAL_TOKEN not in repr(retrieval)
     assert INFERENCE_TOKEN not in repr(inference)
     pair = await start_pair(retrieval, inference, backbone=gemma, encoder=encoder)
@@ -227,7 +227,7 @@ async def test_secrets_never_reach_logs_or_reprs(
 
 
 async def test_unreachable_store_is_unavailable_quickly(encoder: QueryEncoder) -> None:
-    config = RetrievalConfig(port=0, metrics_port=0, store_url="http://127.0.0.1:9", auth_token="")
+    config = RetrievalSettings(port=0, metrics_port=0, store_url="http://127.0.0.1:9", auth_token="")
     server = await retrieval_server.start(config, encoder=encoder)
     try:
         async with grpc.aio.insecure_channel(f"localhost:{server.port}") as channel:

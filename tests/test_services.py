@@ -15,15 +15,16 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from ingest import run_ingest
 from raee.backbone import Backbone
-from raee.client import InferenceClient, classify_request
 from raee.data import read_examples
-from raee.demo import DEMO_DIR
 from raee.encoder import QueryEncoder
 from raee.exit_rule import choose_exit
-from raee.pair import ServicePair
 from raee.store import VersionMeta, open_store
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, retrieval_pb2, retrieval_pb2_grpc
+from raee.wire.inference import classify_request
+from raee_cli.client import InferenceClient
+from raee_cli.demo import DEMO_DIR
+from raee_cli.pair import ServicePair
 from tests.conftest import DEMO_TEST_TEXTS as TEXTS
 from tests.conftest import start_demo_pair
 

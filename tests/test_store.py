@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from raee.errors import StoreError, TaskNotFoundError
 from raee.exit_info import ExitInfo
-from raee.store import ExitRecord, ExitStore, StoreError, TaskNotFoundError, VersionMeta, open_store
+from raee.store import ExitRecord, ExitStore, VersionMeta, open_store
 from raee.tasks import TaskSpec
 
 DIM = 8

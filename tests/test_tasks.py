@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from raee.backbone import Backbone
-from raee.tasks import Metric, TaskSpec, TaskSpecError
+from raee.errors import TaskSpecError
+from raee.tasks import Metric, TaskSpec
 
 
 def spec(**overrides: object) -> dict[str, object]:

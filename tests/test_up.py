@@ -19,12 +19,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ingest import run_ingest
 from raee.backbone import Backbone
-from raee.client import InferenceClient
 from raee.data import read_examples
-from raee.demo import DEMO_DIR
 from raee.encoder import QueryEncoder
 from raee.store import open_store
 from raee.tasks import TaskSpec
+from raee_cli.client import InferenceClient
+from raee_cli.demo import DEMO_DIR
 
 
 def free_port() -> int:
@@ -53,7 +53,7 @@ def up(
         [
             sys.executable,
             "-m",
-            "raee.cli",
+            "raee_cli.main",
             "up",
             "--home",
             str(home),
@@ -87,7 +87,7 @@ def test_classify_command_and_metrics(
         [
             sys.executable,
             "-m",
-            "raee.cli",
+            "raee_cli.main",
             "classify",
             "--task",
             demo_spec.name,
@@ -151,14 +151,14 @@ def test_services_as_separate_processes_configured_by_env(
     )
     assert (
         subprocess.run(
-            [sys.executable, "-m", "raee.cli", "prepare"], capture_output=True, timeout=300
+            [sys.executable, "-m", "raee_cli.main", "prepare"], capture_output=True, timeout=300
         ).returncode
         == 0
     )
     retrieval_port, inference_port = free_port(), free_port()
     base = {**os.environ, "RAEE_GRACE_S": "5"}
     retrieval = subprocess.Popen(
-        [sys.executable, "-m", "raee.cli", "serve", "retrieval"],
+        [sys.executable, "-m", "raee_cli.main", "serve", "retrieval"],
         env={
             **base,
             "RAEE_HOME": str(tmp_path),
@@ -167,7 +167,7 @@ def test_services_as_separate_processes_configured_by_env(
         },
     )
     inference = subprocess.Popen(
-        [sys.executable, "-m", "raee.cli", "serve", "inference", "--max-batch", "8"],
+        [sys.executable, "-m", "raee_cli.main", "serve", "inference", "--max-batch", "8"],
         env={
             **base,
             "RAEE_INFERENCE_PORT": str(inference_port),

@@ -8,7 +8,7 @@
   ``authorization: Bearer <token>`` or is refused with UNAUTHENTICATED, except the
   health service, which probes use without credentials.
 
-Tokens and keys never reach the logs: config fields holding them have no repr.
+Tokens and keys never reach the logs: the settings hold them as ``SecretStr``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from raee.settings import ServiceSettings
+
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
@@ -33,6 +35,15 @@ class ServerSecurity:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+
+    @classmethod
+    def of(cls, settings: ServiceSettings) -> ServerSecurity:
+        return cls(
+            settings.auth_token.get_secret_value(),
+            settings.tls_cert,
+            settings.tls_key,
+            settings.tls_client_ca,
+        )
 
 
 class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]

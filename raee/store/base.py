@@ -18,24 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from raee.errors import StoreError
 from raee.exit_info import ExitInfo
 from raee.tasks import TaskSpec
-
-
-class StoreError(RuntimeError):
-    """The store refused an operation (a concurrent writer, a corrupt manifest, ...)."""
-
-
-class StoreUnavailableError(StoreError):
-    """The store cannot be reached right now; retrying later may succeed."""
-
-
-class TaskNotFoundError(LookupError):
-    """No published version of this task exists."""
-
-    def __init__(self, task: str) -> None:
-        super().__init__(f"task {task!r} has no published version; ingest it first")
-        self.task = task
 
 
 def new_version_id() -> str:

@@ -29,13 +29,12 @@ from typing import IO, Any
 import numpy as np
 import qdrant_edge as qe
 
+from raee.errors import StoreError, TaskNotFoundError
 from raee.store.base import (
     SHARDING_NEEDS_SERVER,
     ExitRecord,
     ExitStore,
     SearchResult,
-    StoreError,
-    TaskNotFoundError,
     TaskVersion,
     VersionMeta,
     VersionWriter,

@@ -19,15 +19,13 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from raee.errors import StoreError, StoreUnavailableError, TaskNotFoundError
 from raee.exit_info import ExitStats
 from raee.store.base import (
     ExitRecord,
     ExitStore,
     Neighbour,
     SearchResult,
-    StoreError,
-    StoreUnavailableError,
-    TaskNotFoundError,
     TaskVersion,
     VersionMeta,
     VersionWriter,

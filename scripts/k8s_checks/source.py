@@ -18,7 +18,7 @@ SHARED_ENV = frozenset(
     {"RAEE_QDRANT_URL", "RAEE_QDRANT_API_KEY", "RAEE_CACHE_DIR", "RAEE_LOG_LEVEL", "RAEE_LOG_FORMAT"}
 )
 # The config classes in raee/serving/config.py, checked with --source-check.
-CONFIG_CLASSES = {("serve", "retrieval"): "RetrievalConfig", ("serve", "inference"): "InferenceConfig"}
+CONFIG_CLASSES = {("serve", "retrieval"): "RetrievalSettings", ("serve", "inference"): "InferenceSettings"}
 
 # --------------------------------------------------------------------------- Dockerfile, pyproject
 

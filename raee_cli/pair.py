@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+
+from pydantic import SecretStr
 
 from inference_service import server as inference_server
 from raee.backbone import Backbone
 from raee.encoder import QueryEncoder
-from raee.serving.config import InferenceConfig, RetrievalConfig
+from raee.settings import InferenceSettings, RetrievalSettings
 from retrieval_service import server as retrieval_server
 
 
@@ -30,18 +32,19 @@ class ServicePair:
 
 
 async def start_pair(
-    retrieval_config: RetrievalConfig,
-    inference_config: InferenceConfig,
+    retrieval_config: RetrievalSettings,
+    inference_config: InferenceSettings,
     *,
     backbone: Backbone | None = None,
     encoder: QueryEncoder | None = None,
 ) -> ServicePair:
     """Start the retrieval service, then the worker pointed at it (port 0 picks free ports)."""
     retrieval = await retrieval_server.start(retrieval_config, encoder=encoder)
-    inference_config = replace(
-        inference_config,
-        retrieval_addr=f"localhost:{retrieval.port}",
-        retrieval_token=inference_config.retrieval_token or retrieval_config.auth_token,
+    token = (
+        inference_config.retrieval_token.get_secret_value() or retrieval_config.auth_token.get_secret_value()
+    )
+    inference_config = inference_config.model_copy(
+        update={"retrieval_addr": f"localhost:{retrieval.port}", "retrieval_token": SecretStr(token)}
     )
     try:
         inference = await inference_server.start(inference_config, backbone=backbone)

@@ -6,16 +6,17 @@ import time
 from pathlib import Path
 
 from raee.backbone import Backbone
-from raee.client import InferenceClient
 from raee.data import read_examples
-from raee.demo import DEMO_DIR, demo_spec
 from raee.encoder import QueryEncoder
-from raee.pair import start_pair
-from raee.serving.config import InferenceConfig, RetrievalConfig
-from raee.store import TaskNotFoundError, open_store
+from raee.errors import TaskNotFoundError
+from raee.settings import InferenceSettings, RetrievalSettings
+from raee.store import open_store
+from raee_cli.client import InferenceClient
+from raee_cli.demo import DEMO_DIR, demo_spec
+from raee_cli.pair import start_pair
 
 
-async def run_demo(home: Path | None, backbone_source: str, encoder_source: str) -> int:
+async def run_demo(home: Path, backbone_source: str, encoder_source: str) -> int:
     """Start the pair on the embedded store, ingest the demo task if absent, classify over gRPC."""
     from ingest import render_summary, run_ingest
 
@@ -33,10 +34,9 @@ async def run_demo(home: Path | None, backbone_source: str, encoder_source: str)
     finally:
         store.close()
 
-    home_dir = str(home) if home is not None else RetrievalConfig().home
     pair = await start_pair(
-        RetrievalConfig(port=0, metrics_port=0, home=home_dir),
-        InferenceConfig(port=0, metrics_port=0),
+        RetrievalSettings(port=0, metrics_port=0, home=home, store_url=""),
+        InferenceSettings(port=0, metrics_port=0),
         backbone=backbone,
         encoder=encoder,
     )

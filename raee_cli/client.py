@@ -5,34 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
-from raee.exit_info import ExitInfo
 from raee.serving.security import bearer_metadata, channel_credentials, open_channel
-from raee.store import Neighbour
-from raee.tasks import TaskSpec
-from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2
-
-MODES = {"raee": inference_pb2.MODE_RAEE, "full": inference_pb2.MODE_FULL, "fixed": inference_pb2.MODE_FIXED}
-
-
-def classify_request(
-    task: str, text: str, mode: str = "raee", layer: int | None = None, k: int | None = None
-) -> inference_pb2.ClassifyRequest:
-    if mode not in MODES:
-        raise ValueError(f"mode: {mode!r} is not one of {sorted(MODES)}")
-    return inference_pb2.ClassifyRequest(task=task, text=text, mode=MODES[mode], layer=layer, k=k)
-
-
-def neighbour_from_message(message: retrieval_pb2.Neighbour, spec: TaskSpec) -> Neighbour:
-    """A neighbour of an exit-distribution response, as the store returned it to the service."""
-    return Neighbour(
-        point_id=message.id,
-        similarity=message.similarity,
-        example_id=message.example_id,
-        text=message.text,
-        label=message.label,
-        label_index=spec.label_index(message.label),
-        exit=ExitInfo(tuple(message.exit_layers), tuple(message.exit_probs)),
-    )
+from raee.v1 import inference_pb2, inference_pb2_grpc
+from raee.wire.inference import Mode, classify_request
 
 
 class InferenceClient:
@@ -45,7 +20,12 @@ class InferenceClient:
         self.metadata = bearer_metadata(token)
 
     async def classify(
-        self, task: str, text: str, mode: str = "raee", layer: int | None = None, k: int | None = None
+        self,
+        task: str,
+        text: str,
+        mode: Mode | str = Mode.RAEE,
+        layer: int | None = None,
+        k: int | None = None,
     ) -> inference_pb2.ClassifyResponse:
         response: inference_pb2.ClassifyResponse = await self.stub.Classify(
             classify_request(task, text, mode, layer, k), timeout=self.timeout_s, metadata=self.metadata
@@ -53,7 +33,7 @@ class InferenceClient:
         return response
 
     async def classify_batch(
-        self, task: str, texts: Sequence[str], mode: str = "raee", layer: int | None = None
+        self, task: str, texts: Sequence[str], mode: Mode | str = Mode.RAEE, layer: int | None = None
     ) -> inference_pb2.ClassifyBatchResponse:
         request = inference_pb2.ClassifyBatchRequest(
             requests=[classify_request(task, text, mode, layer) for text in texts]

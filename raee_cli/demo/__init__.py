@@ -1,6 +1,6 @@
 """The demo the project ships: a small sentiment task written for it (task.yaml, train/test.jsonl).
 
-``raee.demo.run`` ingests it, serves it and classifies over gRPC (``raee demo``).
+``raee_cli.demo.run`` ingests it, serves it and classifies over gRPC (``raee demo``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from raee.tasks import TaskSpec
 
-DEMO_DIR = Path(str(files("raee") / "demo"))
+DEMO_DIR = Path(str(files("raee_cli") / "demo"))
 
 
 def demo_spec() -> TaskSpec:

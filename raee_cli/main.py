@@ -5,8 +5,13 @@ raee ingest --task-spec ...      publish a task's exit information
 raee tasks                       list published tasks
 raee serve retrieval|inference   run one service
 raee up                          run both services on the embedded store
+raee publish --task T --version V --expect-shards N
+                                 publish a sharded ingest once every shard is done
 raee classify --task T TEXT...   classify over gRPC
 raee prepare                     convert and cache the backbone, check the encoder
+raee eval                        RAEE against its baselines (when the evaluation package is installed)
+
+Settings come from RAEE_* environment variables (docs/configuration.md); flags override them.
 """
 
 from __future__ import annotations
@@ -15,20 +20,32 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evaluation import BENCHMARK_TASKS, FAMILIES
 from raee.data import DataError, read_examples
-from raee.defaults import DEFAULT_BACKBONE, DEFAULT_ENCODER
-from raee.demo import DEMO_DIR
+from raee.errors import BackboneLoadError, StoreError, TaskNotFoundError, TaskSpecError
 from raee.logs import configure_logging
-from raee.serving import config as service_config
-from raee.store import StoreError, TaskNotFoundError
-from raee.tasks import TaskSpec, TaskSpecError
+from raee.settings import (
+    ClientSettings,
+    InferenceSettings,
+    LogSettings,
+    RetrievalSettings,
+    load,
+)
+from raee.tasks import TaskSpec
+from raee_cli.demo import DEMO_DIR
+from raee_cli.flags import (
+    add_model_flags,
+    add_settings_flags,
+    add_store_flags,
+    models_from_args,
+    settings_from_args,
+    store_from_args,
+)
 
 if TYPE_CHECKING:
     from ingest.job import Shard
@@ -38,8 +55,9 @@ __all__ = ["DEMO_DIR", "build_parser", "main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging()
     try:
+        logs = load(LogSettings)
+        configure_logging(logs.log_level, logs.log_format)
         return int(args.handler(args))
     except Exception as exc:
         if not isinstance(exc, _user_errors()):
@@ -53,8 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors of the user's input or environment: a message and exit status 2, no traceback."""
-    from raee.model_loading import BackboneLoadError  # imports torch: only once something failed
-
     return (TaskSpecError, DataError, StoreError, TaskNotFoundError, BackboneLoadError, ValueError)
 
 
@@ -65,15 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="the main job, on the embedded store")
-    _store_flags(demo, url=False)
-    _model_flags(demo)
+    add_store_flags(demo, url=False)
+    add_model_flags(demo)
     demo.set_defaults(handler=_demo)
 
     ingest = commands.add_parser("ingest", help="probe the backbone over labelled data; publish the task")
     _spec_flags(ingest)
     ingest.add_argument("--data", required=True, type=Path, help="JSONL, CSV or TSV with text and label")
-    _store_flags(ingest)
-    _model_flags(ingest)
+    add_store_flags(ingest)
+    add_model_flags(ingest)
     ingest.add_argument("--batch-size", type=int, default=16, help="examples per forward pass (16)")
     ingest.add_argument("--skip-invalid", action="store_true", help="ingest the valid rows, skip the rest")
     ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -88,11 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--task", required=True)
     publish.add_argument("--version", required=True)
     publish.add_argument("--expect-shards", type=int, required=True, help="number of shards written")
-    _store_flags(publish)
+    add_store_flags(publish)
     publish.set_defaults(handler=_publish)
 
     tasks = commands.add_parser("tasks", help="list published tasks")
-    _store_flags(tasks)
+    add_store_flags(tasks)
     tasks.add_argument("--json", action="store_true", help="machine-readable output")
     tasks.set_defaults(handler=_tasks)
 
@@ -100,14 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         required=True, metavar="SERVICE"
     )
     retrieval = serve.add_parser("retrieval", help="the retrieval service (exit distributions)")
-    service_config.add_flags(retrieval, service_config.RetrievalConfig)
+    add_settings_flags(retrieval, RetrievalSettings)
     retrieval.set_defaults(handler=_serve_retrieval)
     inference = serve.add_parser("inference", help="the inference worker (truncated backbone)")
-    service_config.add_flags(inference, service_config.InferenceConfig)
+    add_settings_flags(inference, InferenceSettings)
     inference.set_defaults(handler=_serve_inference)
 
     up = commands.add_parser("up", help="both services in one process, on the embedded store")
-    _store_flags(up, url=False)
+    add_store_flags(up, url=False)
     up.add_argument("--retrieval-port", type=int, default=None, help="(50051)")
     up.add_argument("--inference-port", type=int, default=None, help="(50052)")
     up.set_defaults(handler=_up)
@@ -124,29 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("texts", nargs="+", metavar="TEXT")
     classify.set_defaults(handler=_classify)
 
-    evaluate = commands.add_parser("eval", help="RAEE against its baselines on benchmark tasks, via gRPC")
-    evaluate.add_argument(
-        "--data-root", type=Path, default=Path("../shared/data"), help="<task>/{train,test}.jsonl"
-    )
-    evaluate.add_argument("--family", action="append", choices=FAMILIES, help="(all)")
-    evaluate.add_argument(
-        "--task", action="append", help=f"({' '.join(BENCHMARK_TASKS)}); --task none: only --task-dir ones"
-    )
-    evaluate.add_argument(
-        "--task-dir", action="append", type=Path, default=[], help="task.yaml + train/test.jsonl"
-    )
-    evaluate.add_argument("--train-limit", type=int, default=None, help="a seeded sample of N train rows")
-    evaluate.add_argument("--tau-sample", type=int, default=500, help="train rows to choose tau on (500)")
-    evaluate.add_argument("--latency-sample", type=int, default=50, help="texts timed one by one (50)")
-    evaluate.add_argument("--out", type=Path, default=Path("docs/results"))
-    _store_flags(evaluate, url=False)
-    _model_flags(evaluate)
-    evaluate.set_defaults(handler=_eval)
-
     prepare = commands.add_parser("prepare", help="convert and cache the backbone, check the encoder")
-    _model_flags(prepare)
+    add_model_flags(prepare)
     prepare.set_defaults(handler=_prepare)
+    _add_plugin_commands(commands)
     return parser
+
+
+def _add_plugin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Subcommands that packages above the CLI contribute (entry points ``raee.commands``).
+
+    Each entry point is ``register(commands)``; one whose package is not installed
+    (the serving image has no evaluation code) is left out of ``raee --help``.
+    """
+    for entry in entry_points(group="raee.commands"):
+        try:
+            register = entry.load()
+        except ImportError:
+            continue
+        register(commands)
 
 
 def _spec_flags(parser: argparse.ArgumentParser) -> None:
@@ -156,22 +168,6 @@ def _spec_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--template", help="prompt template with a {text} slot")
     group.add_argument("--label", action="append", default=[], help="NAME=WORD, in label order")
     group.add_argument("--metric", default="accuracy", choices=["accuracy", "matthews_corrcoef"])
-
-
-def _store_flags(parser: argparse.ArgumentParser, *, url: bool = True) -> None:
-    group = parser.add_argument_group("exit store (embedded by default)")
-    where = group.add_mutually_exclusive_group()
-    if url:
-        where.add_argument("--store-url", help="Qdrant URL ($RAEE_QDRANT_URL); local:PATH for local mode")
-    where.add_argument("--home", type=Path, help="embedded store's data folder ($RAEE_HOME, ./.raee)")
-
-
-def _model_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = service_config.load(service_config.InferenceConfig)
-    encoder = service_config.load(service_config.RetrievalConfig).encoder
-    group = parser.add_argument_group("models")
-    group.add_argument("--backbone", default=defaults.backbone, help=f"({DEFAULT_BACKBONE}; $RAEE_BACKBONE)")
-    group.add_argument("--encoder", default=encoder, help=f"({DEFAULT_ENCODER}; $RAEE_ENCODER)")
 
 
 def _spec_from_args(args: argparse.Namespace) -> TaskSpec:
@@ -188,7 +184,7 @@ def _ingest(args: argparse.Namespace) -> int:
     from ingest import render_summary, run_ingest
     from raee.backbone import Backbone
     from raee.encoder import QueryEncoder
-    from raee.store import open_store
+    from raee.store import open_store_from
 
     spec = _spec_from_args(args)
     examples, errors = read_examples(args.data, spec)
@@ -197,9 +193,10 @@ def _ingest(args: argparse.Namespace) -> int:
     for error in errors:
         logging.getLogger("raee.ingest").warning("skipped %s", error)
     shard = _shard_from_args(args)
-    backbone = Backbone.load(args.backbone)
-    encoder = QueryEncoder(args.encoder)
-    store = open_store(args.store_url, home=args.home)
+    models = models_from_args(args)
+    backbone = Backbone.load(models.backbone)
+    encoder = QueryEncoder(models.encoder)
+    store = open_store_from(store_from_args(args))
     try:
         result = run_ingest(
             spec,
@@ -233,9 +230,9 @@ def _shard_from_args(args: argparse.Namespace) -> Shard | None:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from raee.store import open_store
+    from raee.store import open_store_from
 
-    store = open_store(args.store_url, home=args.home)
+    store = open_store_from(store_from_args(args))
     try:
         info = store.publish_shards(args.task, args.version, args.expect_shards)
     finally:
@@ -246,9 +243,9 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _tasks(args: argparse.Namespace) -> int:
-    from raee.store import open_store
+    from raee.store import open_store_from
 
-    store = open_store(args.store_url, home=args.home)
+    store = open_store_from(store_from_args(args))
     try:
         versions = store.list_tasks()
     finally:
@@ -264,40 +261,37 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from raee.demo.run import run_demo
+    from raee_cli.demo.run import run_demo
 
-    return asyncio.run(run_demo(args.home, args.backbone, args.encoder))
+    models = models_from_args(args)
+    return asyncio.run(run_demo(store_from_args(args).home, models.backbone, models.encoder))
 
 
 def _serve_retrieval(args: argparse.Namespace) -> int:
     from retrieval_service.server import serve
 
-    asyncio.run(serve(service_config.load(service_config.RetrievalConfig, args)))
+    asyncio.run(serve(settings_from_args(RetrievalSettings, args)))
     return 0
 
 
 def _serve_inference(args: argparse.Namespace) -> int:
     from inference_service.server import serve
 
-    asyncio.run(serve(service_config.load(service_config.InferenceConfig, args)))
+    asyncio.run(serve(settings_from_args(InferenceSettings, args)))
     return 0
 
 
 def _up(args: argparse.Namespace) -> int:
-    retrieval = service_config.load(
-        service_config.RetrievalConfig, None, port=args.retrieval_port, home=args.home and str(args.home)
-    )
-    inference = service_config.load(service_config.InferenceConfig, None, port=args.inference_port)
+    retrieval = load(RetrievalSettings, port=args.retrieval_port, home=args.home, store_url="")
+    inference = load(InferenceSettings, port=args.inference_port)
     asyncio.run(_run_up(retrieval, inference))
     return 0
 
 
-async def _run_up(
-    retrieval: service_config.RetrievalConfig, inference: service_config.InferenceConfig
-) -> None:
-    from raee.pair import start_pair
+async def _run_up(retrieval: RetrievalSettings, inference: InferenceSettings) -> None:
     from raee.serving.metrics import serve_metrics
     from raee.serving.server import wait_for_shutdown_signal
+    from raee_cli.pair import start_pair
 
     serve_metrics(retrieval.metrics_port)
     pair = await start_pair(retrieval, inference)
@@ -318,9 +312,9 @@ async def _run_classify(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from raee.client import InferenceClient
+    from raee_cli.client import InferenceClient
 
-    token = os.environ.get("RAEE_CLIENT_TOKEN", "")
+    token = load(ClientSettings).client_token.get_secret_value()
     async with InferenceClient(args.addr, token=token, tls_ca=args.tls_ca) as client:
         for text in args.texts:
             try:
@@ -339,41 +333,13 @@ async def _run_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from evaluation.report import markdown
-    from evaluation.runner import benchmark_tasks, folder_task, run_eval
-    from raee.paths import raee_home
-
-    task_names = args.task or list(BENCHMARK_TASKS)
-    names = [] if task_names == ["none"] else task_names
-    tasks = benchmark_tasks(args.data_root, args.family or list(FAMILIES), names)
-    tasks += [folder_task(folder) for folder in args.task_dir]
-    if not tasks:
-        raise ValueError("task: nothing to evaluate")
-    summary = asyncio.run(
-        run_eval(
-            tasks,
-            home=raee_home(args.home),
-            out=args.out,
-            command="raee " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else "raee eval",
-            backbone_source=args.backbone,
-            encoder_source=args.encoder,
-            train_limit=args.train_limit,
-            tau_sample=args.tau_sample,
-            latency_sample=args.latency_sample,
-        )
-    )
-    print(markdown(summary))
-    print(f"written to {args.out}/")
-    return 0
-
-
 def _prepare(args: argparse.Namespace) -> int:
     from raee.backbone import Backbone
     from raee.encoder import QueryEncoder
 
-    backbone = Backbone.load(args.backbone)
-    encoder = QueryEncoder(args.encoder)
+    models = models_from_args(args)
+    backbone = Backbone.load(models.backbone)
+    encoder = QueryEncoder(models.encoder)
     print(f"backbone {backbone.id} ready\nencoder {encoder.id} ready")
     return 0
 

@@ -1,0 +1,37 @@
+"""Request checks shared by both servicers; each error names the field and never echoes long input."""
+
+from __future__ import annotations
+
+from collections.abc import Sized
+
+from raee.errors import InvalidArgumentError
+from raee.tasks import check_task_name
+
+
+def require_task(task: str) -> str:
+    if not task:
+        raise InvalidArgumentError("task", "is required")
+    return check_task_name(task)
+
+
+def require_text(text: str, max_chars: int, field: str = "text") -> str:
+    if not text.strip():
+        raise InvalidArgumentError(field, "must not be empty")
+    if len(text) > max_chars:
+        raise InvalidArgumentError(field, f"{len(text)} characters exceed the limit of {max_chars}")
+    return text
+
+
+def require_batch(items: Sized, limit: int, field: str = "requests") -> None:
+    if not len(items):
+        raise InvalidArgumentError(field, "must not be empty")
+    if len(items) > limit:
+        raise InvalidArgumentError(field, f"{len(items)} exceed the limit of {limit}")
+
+
+def check_range(field: str, value: int, low: int, high: int | None = None) -> int:
+    """``low <= value <= high`` (no upper bound when ``high`` is None)."""
+    if value < low or (high is not None and value > high):
+        bounds = f"{low}..{high}" if high is not None else f"at least {low}"
+        raise InvalidArgumentError(field, f"{value} is outside {bounds}")
+    return value
