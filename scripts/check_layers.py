@@ -1,0 +1,162 @@
+"""Check the package layering from the source's imports (static: every ``import`` statement counts).
+
+python scripts/check_layers.py [--root DIR]
+
+Rules, each printed as a violation with the file and line:
+1. A package imports only packages of its own layer or below (LAYERS, bottom first),
+   and the packages of one layer do not import each other (the two services and
+   ingest are independent of one another).
+2. No two packages import each other, directly or through others (a cycle), counting
+   the core's subpackages (``raee.store``, ``raee.wire``, ...) as packages of their own.
+3. Only ``raee/settings.py`` reads the environment (``os.environ``, ``os.getenv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("raee",),
+    ("ingest", "retrieval_service", "inference_service"),
+    ("raee_cli",),
+    ("evaluation",),
+)
+SETTINGS_MODULE = "raee/settings.py"
+ENVIRONMENT_READS = {"environ", "getenv", "environb", "getenvb"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
+    root = parser.parse_args().root
+    problems = check(root)
+    for problem in problems:
+        print(problem)
+    print(f"layers: {len(problems)} problem(s)" if problems else "layers: ok")
+    return 1 if problems else 0
+
+
+def check(root: Path) -> list[str]:
+    layer_of = {package: index for index, names in enumerate(LAYERS) for package in names}
+    edges: dict[str, set[str]] = defaultdict(set)
+    problems: list[str] = []
+    for path in _sources(root, layer_of):
+        relative = path.relative_to(root).as_posix()
+        importer = _package_of(relative)
+        tree = ast.parse(path.read_text(), filename=relative)
+        for line, imported in _imports(tree, relative):
+            target = _package_of_module(root, imported)
+            top, target_top = importer.split(".")[0], target.split(".")[0]
+            if target_top not in layer_of:
+                continue
+            if target != importer:
+                edges[importer].add(target)
+            if top != target_top and not _allowed(layer_of[top], layer_of[target_top]):
+                problems.append(f"{relative}:{line}: {top} (layer {layer_of[top]}) imports {imported}")
+        if relative != SETTINGS_MODULE:
+            problems += [f"{relative}:{line}: reads the environment" for line in _environment_reads(tree)]
+    problems += [f"import cycle: {' -> '.join(cycle)}" for cycle in _cycles(edges)]
+    return problems
+
+
+def _allowed(importer_layer: int, target_layer: int) -> bool:
+    return target_layer < importer_layer
+
+
+def _sources(root: Path, packages: dict[str, int]) -> Iterator[Path]:
+    for package in sorted(packages):
+        folder = root / package
+        if folder.is_dir():
+            yield from sorted(p for p in folder.rglob("*.py") if "_pb2" not in p.name)
+
+
+def _package_of(path: str) -> str:
+    """``raee/store/edge.py`` -> ``raee.store``; ``raee/settings.py`` -> ``raee``."""
+    parts = path.split("/")[:-1]
+    if parts[:1] == ["raee"] and len(parts) > 1:
+        return ".".join(parts[:2])
+    return parts[0] if parts else ""
+
+
+def _package_of_module(root: Path, module: str) -> str:
+    """``raee.store.edge`` -> ``raee.store``; ``raee.settings`` -> ``raee`` (a module, not a folder)."""
+    parts = module.split(".")
+    if parts[0] == "raee" and len(parts) > 1 and (root / "raee" / parts[1]).is_dir():
+        return f"raee.{parts[1]}"
+    return parts[0]
+
+
+def _imports(tree: ast.AST, relative: str) -> Iterator[tuple[int, str]]:
+    package = relative.rsplit("/", 1)[0].replace("/", ".")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            # ``from raee import settings`` imports the module raee.settings
+            for alias in node.names:
+                yield node.lineno, f"{module}.{alias.name}" if module in {"raee"} else module
+
+
+def _environment_reads(tree: ast.AST) -> Iterator[int]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ENVIRONMENT_READS:
+            if isinstance(node.value, ast.Name) and node.value.id == "os":
+                yield node.lineno
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "os"
+            and any(alias.name in ENVIRONMENT_READS for alias in node.names)
+        ):
+            yield node.lineno
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one package (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(edges.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return [[*component, component[0]] for component in components]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
