@@ -155,6 +155,7 @@ def checkov_problems(renders: Mapping[str, list[Obj]], checkov: str) -> list[str
             text=True,
             check=False,
             timeout=600,
+            env={**os.environ, "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true"},  # offline: no PyPI lookup
         )
     try:
         report: Any = json.loads(proc.stdout)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -41,6 +42,7 @@ class Key:
     secret: bool = False
 
 
+@functools.cache
 def known_env_keys() -> dict[str, dict[str, Key]]:
     """``{raee command: {RAEE_* key it reads: its default, whether it is a secret}}``.
 
@@ -69,6 +71,7 @@ def known_env_keys() -> dict[str, dict[str, Key]]:
     }
 
 
+@functools.cache
 def services() -> dict[str, tuple[str, str, str]]:
     """``{serve command: (its gRPC port key, its metrics port key, the name its health reports)}``."""
     from raee.v1 import inference_pb2 as inference
@@ -208,9 +211,6 @@ class World:
     def get(self, kind: str, ns: str, name: str) -> Obj | None:
         return self.objects.get((kind, ns, name))
 
-    def of_kind(self, kind: str) -> list[Obj]:
-        return [o for (k, _, _), o in self.objects.items() if k == kind]
-
     def config_file(self, pod: Pod, mount: Obj, key: str) -> tuple[str | None, str | None]:
         """The ConfigMap behind a volumeMount of ``pod``, and the text of its ``key``."""
         volume = next(
@@ -232,13 +232,10 @@ class World:
         return values
 
 
-def expand(text: str, env: Mapping[str, str]) -> str:
-    """``$(VAR)`` expanded as the kubelet does (unknown ones are left as they are)."""
-    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda g: env.get(g.group(1), g.group(0)), text)
-
-
 def flag(args: list[str], name: str, env: Mapping[str, str]) -> str | None:
-    return expand(args[args.index(name) + 1], env) if name in args[:-1] else None
+    """The value of option ``name``, its ``$(VAR)`` expanded as the kubelet does."""
+    value = args[args.index(name) + 1] if name in args[:-1] else None
+    return None if value is None else re.sub(r"\$\((\w+)\)", lambda g: env.get(g.group(1), g.group(0)), value)
 
 
 def secret_ref(container: Obj, key: str) -> tuple[str, str] | None:
@@ -345,9 +342,11 @@ def service_problems(
 def address_problems(world: World, caller: Pod, env: dict[str, str]) -> Iterator[str]:
     """Each peer address: a Service port leading to the peer's port, which lets the caller in."""
     for key, (pattern, shape, role, port_name) in ADDRESSES.items():
-        match = re.fullmatch(pattern, env.get(key, ""))
-        if key not in env or not match:
-            yield from [f"{key}={env[key]!r} is not {shape}"] if key in env else []
+        if key not in env:
+            continue
+        match = re.fullmatch(pattern, env[key])
+        if not match:
+            yield f"{key}={env[key]!r} is not {shape}"
             continue
         (host, port), value = (match.group(1).split(".")[0], int(match.group(2))), f"{key}={env[key]}"
         spec = m(m(world.get("Service", caller.namespace, host)).get("spec"))
@@ -375,10 +374,10 @@ def admitted(world: World, caller: Pod, target: Pod, port: int) -> bool:
     """Whether the NetworkPolicies selecting ``target`` let ``caller`` in on ``port``."""
     policies = [
         spec
-        for spec in (
-            m(p.get("spec")) for p in world.of_kind("NetworkPolicy") if namespace(p) == target.namespace
-        )
-        if "Ingress" in ls(spec.get("policyTypes", ["Ingress"]))
+        for spec, policy in ((m(p.get("spec")), p) for p in world.objects.values())
+        if policy.get("kind") == "NetworkPolicy"
+        and namespace(policy) == target.namespace
+        and "Ingress" in ls(spec.get("policyTypes", ["Ingress"]))
         and labels_match(m(spec.get("podSelector")), target.labels)
     ]
     ns_labels = m(m(m(world.get("Namespace", "default", caller.namespace)).get("metadata")).get("labels"))
@@ -418,8 +417,11 @@ def ingest_flow_problems(world: World) -> Iterator[str]:
                 continue
             path = PurePosixPath(flag(args, "--task-spec", env) or "")
             mounts = (m(v) for v in ls(container.get("volumeMounts")))
-            mount = next((v for v in mounts if path.is_relative_to(str(v.get("mountPath")))), {})
-            key = str(path.relative_to(str(mount.get("mountPath", "/"))))
+            mount = next((v for v in mounts if path.is_relative_to(str(v.get("mountPath")))), None)
+            if mount is None:
+                yield f"{where}--task-spec {path} is on no mounted volume"
+                continue
+            key = str(path.relative_to(str(mount.get("mountPath"))))
             cm_name, text, task = *world.config_file(pod, mount, key), None
             if text is None:
                 yield f"{where}--task-spec {path}: " + (
