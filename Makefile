@@ -3,10 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# checkov (the Kubernetes linter scripts/check_k8s.py runs) gets a virtual environment of its
+# own: it pins packaging, networkx and python-dateutil below the versions constraints.txt pins.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 
-.PHONY: install demo test lint proto bench results clean
+.PHONY: install demo test lint k8s-check proto bench results clean
 
-install: $(STAMP)
+install: $(STAMP) $(CHECKOV_STAMP)
 
 # torch comes first, from the CPU wheel: anything that pulls torch in later would
 # otherwise fetch a multi-GB CUDA build.
@@ -17,16 +21,26 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+$(CHECKOV_STAMP): constraints-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q -c constraints-checkov.txt checkov
+	touch $(CHECKOV_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/raee demo
 
-test: $(STAMP)
+test: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python scripts/check_layers.py
+
+# The offline Kubernetes checks: kubectl kustomize, kubernetes-validate, checkov, the contract.
+k8s-check: $(STAMP) $(CHECKOV_STAMP)
+	$(BIN)/python scripts/check_k8s.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest_and_query.py
@@ -40,4 +54,4 @@ results: $(STAMP)
 	$(BIN)/raee eval --data-root $(DATA) --train-limit 2000 --out docs/results
 
 clean:
-	rm -rf $(VENV) .raee .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .raee .pytest_cache .mypy_cache .ruff_cache

@@ -23,7 +23,7 @@ from raee.wire.inference import (
     work_items,
 )
 
-SERVICE_NAME = "raee.v1.InferenceService"
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):

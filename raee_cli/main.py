@@ -9,6 +9,7 @@ raee publish --task T --version V --expect-shards N
                                  publish a sharded ingest once every shard is done
 raee classify --task T TEXT...   classify over gRPC
 raee prepare                     convert and cache the backbone, check the encoder
+raee config                      every setting as this process sees it
 raee eval                        RAEE against its baselines (when the evaluation package is installed)
 
 Settings come from RAEE_* environment variables (docs/configuration.md); flags override them.
@@ -143,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser("prepare", help="convert and cache the backbone, check the encoder")
     add_model_flags(prepare)
     prepare.set_defaults(handler=_prepare)
+
+    config = commands.add_parser("config", help="every setting as this process sees it (secrets masked)")
+    config.add_argument(
+        "--write-reference", type=Path, metavar="DOC", help="rewrite the settings table in DOC instead"
+    )
+    config.set_defaults(handler=_config)
     _add_plugin_commands(commands)
     return parser
 
@@ -330,6 +337,17 @@ async def _run_classify(args: argparse.Namespace) -> int:
                 f"{answer.label}\texit {answer.exit_layer}/{answer.num_layers}\t"
                 f"retrieval {answer.retrieval_ms:.1f} ms\tforward {answer.forward_ms:.1f} ms\t{text}{note}"
             )
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from raee_cli.settings_reference import effective, write_reference
+
+    if args.write_reference is not None:
+        changed = write_reference(args.write_reference)
+        print(f"{args.write_reference}: {'updated' if changed else 'already up to date'}")
+        return 0
+    print("\n".join(effective()))
     return 0
 
 

@@ -23,7 +23,7 @@ from raee.wire.retrieval import exit_result as to_result
 from raee.wire.validate import require_task
 from retrieval_service.engine import RetrievalEngine
 
-SERVICE_NAME = "raee.v1.RetrievalService"
+SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
 ResultT = TypeVar("ResultT")
 
 

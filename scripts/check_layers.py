@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import graphlib
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
@@ -49,25 +50,21 @@ def check(root: Path) -> list[str]:
     problems: list[str] = []
     for path in _sources(root, layer_of):
         relative = path.relative_to(root).as_posix()
-        importer = _package_of(relative)
+        importer = _package_of(root, relative.removesuffix(".py").replace("/", "."))
         tree = ast.parse(path.read_text(), filename=relative)
         for line, imported in _imports(tree, relative):
-            target = _package_of_module(root, imported)
+            target = _package_of(root, imported)
             top, target_top = importer.split(".")[0], target.split(".")[0]
             if target_top not in layer_of:
                 continue
             if target != importer:
                 edges[importer].add(target)
-            if top != target_top and not _allowed(layer_of[top], layer_of[target_top]):
+            if top != target_top and layer_of[target_top] >= layer_of[top]:
                 problems.append(f"{relative}:{line}: {top} (layer {layer_of[top]}) imports {imported}")
         if relative != SETTINGS_MODULE:
             problems += [f"{relative}:{line}: reads the environment" for line in _environment_reads(tree)]
     problems += [f"import cycle: {' -> '.join(cycle)}" for cycle in _cycles(edges)]
     return problems
-
-
-def _allowed(importer_layer: int, target_layer: int) -> bool:
-    return target_layer < importer_layer
 
 
 def _sources(root: Path, packages: dict[str, int]) -> Iterator[Path]:
@@ -77,15 +74,7 @@ def _sources(root: Path, packages: dict[str, int]) -> Iterator[Path]:
             yield from sorted(p for p in folder.rglob("*.py") if "_pb2" not in p.name)
 
 
-def _package_of(path: str) -> str:
-    """``raee/store/edge.py`` -> ``raee.store``; ``raee/settings.py`` -> ``raee``."""
-    parts = path.split("/")[:-1]
-    if parts[:1] == ["raee"] and len(parts) > 1:
-        return ".".join(parts[:2])
-    return parts[0] if parts else ""
-
-
-def _package_of_module(root: Path, module: str) -> str:
+def _package_of(root: Path, module: str) -> str:
     """``raee.store.edge`` -> ``raee.store``; ``raee.settings`` -> ``raee`` (a module, not a folder)."""
     parts = module.split(".")
     if parts[0] == "raee" and len(parts) > 1 and (root / "raee" / parts[1]).is_dir():
@@ -124,38 +113,12 @@ def _environment_reads(tree: ast.AST) -> Iterator[int]:
 
 
 def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle per strongly connected component of more than one package (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[list[str]] = []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for target in sorted(edges.get(node, ())):
-            if target not in index:
-                visit(target)
-                low[node] = min(low[node], low[target])
-            elif target in on_stack:
-                low[node] = min(low[node], index[target])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                components.append(sorted(component))
-
-    for node in sorted(edges):
-        if node not in index:
-            visit(node)
-    return [[*component, component[0]] for component in components]
+    """A cycle among the packages, if there is one (graphlib names one at a time)."""
+    try:
+        graphlib.TopologicalSorter(edges).prepare()
+    except graphlib.CycleError as error:
+        return [list(reversed(error.args[1]))]
+    return []
 
 
 if __name__ == "__main__":

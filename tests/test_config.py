@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ from raee.settings import (
     load,
 )
 from raee_cli.flags import add_settings_flags, settings_from_args
+from raee_cli.settings_reference import effective, render
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,14 +104,20 @@ def test_json_logs_carry_extras_and_exceptions() -> None:
 
 def test_the_configuration_reference_is_generated_from_the_settings() -> None:
     """docs/configuration.md lists exactly the settings' variables, with their defaults (both ways)."""
-    spec = importlib.util.spec_from_file_location("gen_config_docs", ROOT / "scripts" / "gen_config_docs.py")
-    assert spec is not None and spec.loader is not None
-    generator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generator)
-    render = generator.render
-
     doc = (ROOT / "docs" / "configuration.md").read_text()
-    assert render() in doc, "docs/configuration.md is stale: run python scripts/gen_config_docs.py"
+    assert render() in doc, (
+        "docs/configuration.md is stale: run raee config --write-reference docs/configuration.md"
+    )
     documented = set(re.findall(r"^\| `(RAEE_[A-Z0-9_]+)` \|", doc, flags=re.M))
     assert documented == env_keys()
     assert {kind.__name__ for kind in ALL_SETTINGS} <= set(re.findall(r"`(\w+Settings)`", doc))
+
+
+def test_raee_config_shows_the_effective_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAEE_MAX_BATCH", "7")
+    monkeypatch.setenv("RAEE_AUTH_TOKEN", "hush")
+    lines = effective()
+    assert "RAEE_MAX_BATCH=7" in lines and "RAEE_AUTH_TOKEN=(set)" in lines
+    assert "RAEE_CLIENT_TOKEN=(unset)" in lines
+    assert not any("hush" in line for line in lines)
+    assert {line.split("=")[0] for line in lines} == env_keys()

@@ -67,7 +67,7 @@ def test_a_clean_tree_passes(layers: ModuleType, tmp_path: Path) -> None:
         (
             "raee/settings.py",
             "from raee.store import open_store\n",
-            "import cycle: raee -> raee.store -> raee",
+            "import cycle: raee.store -> raee -> raee.store",
         ),
     ],
 )
