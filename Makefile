@@ -47,7 +47,7 @@ bench: $(STAMP)
 
 # Everything in docs/results from scratch: the ingest benchmark (whose ratio the
 # summary carries), then `raee eval` over both template families of the six tasks.
-DATA ?= ../shared/data
+DATA ?= benchmarks/data
 results: $(STAMP)
 	$(BIN)/python benchmarks/ingest_and_query.py --data $(DATA)/sst2/train.jsonl --limit 2000 \
 		--out docs/results/ingest_and_query.json

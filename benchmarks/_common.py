@@ -21,7 +21,7 @@ def task_parser(doc: str | None, task: str = "sst2", data: Path | None = None) -
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default=task, help="a published task")
     parser.add_argument(
-        "--data", type=Path, default=data or Path("../shared/data/sst2/test.jsonl"), help="texts to send"
+        "--data", type=Path, default=data or Path("benchmarks/data/sst2/test.jsonl"), help="texts to send"
     )
     parser.add_argument("--home", type=Path, default=Path(".raee"), help="the embedded store's folder")
     parser.add_argument("--out", type=Path, help="also write the report here")

@@ -2,14 +2,14 @@
 
 Starts both services in this process on the embedded store (the task must be
 ingested there already, e.g. ``raee ingest --task-spec examples/sst2.yaml --data
-../shared/data/sst2/train.jsonl``), then:
+benchmarks/data/sst2/train.jsonl``), then:
 
 * batch-1 latency: one client and one request at a time, RAEE and FULL alternating
   request by request over the same texts, so that noise hits both alike;
 * throughput: 16 concurrent clients for a fixed number of requests per round,
   RAEE and FULL rounds alternating.
 
-    python benchmarks/grpc_latency.py --task sst2 --data ../shared/data/sst2/test.jsonl
+    python benchmarks/grpc_latency.py --task sst2 --data benchmarks/data/sst2/test.jsonl
 
 prints one JSON object (also written to ``--out`` when given).
 """

@@ -8,7 +8,7 @@ embedding, writing to the store). Noise then hits all three alike, and the ratio
 are meaningful; absolute numbers are not. Every batch goes into one version, which
 is published and then queried.
 
-    python benchmarks/ingest_and_query.py --data ../shared/data/sst2/train.jsonl
+    python benchmarks/ingest_and_query.py --data benchmarks/data/sst2/train.jsonl
 
 prints one JSON object (also written to ``--out`` when given).
 """
@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/sst2/train.jsonl"))
+    parser.add_argument("--data", type=Path, default=Path("benchmarks/data/sst2/train.jsonl"))
     parser.add_argument("--template", default="{text} It was")
     parser.add_argument("--label", action="append", default=None, help="NAME=WORD (default sst2's)")
     parser.add_argument("--limit", type=int, default=None, help="first N rows only")

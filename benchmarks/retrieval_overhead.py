@@ -11,8 +11,8 @@ service.
 
 The task must be ingested in the embedded store already, e.g.::
 
-    raee ingest --task-spec examples/sst2.yaml --data ../shared/data/sst2/train.jsonl
-    python benchmarks/retrieval_overhead.py --task sst2 --data ../shared/data/sst2/test.jsonl
+    raee ingest --task-spec examples/sst2.yaml --data benchmarks/data/sst2/train.jsonl
+    python benchmarks/retrieval_overhead.py --task sst2 --data benchmarks/data/sst2/test.jsonl
 
 prints one JSON object (also written to ``--out`` when given). ``overhead`` is the
 sum of the steps' medians over the full forward's median, per query, at batch 1.

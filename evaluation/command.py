@@ -14,7 +14,10 @@ from raee_cli.flags import add_model_flags, add_store_flags, models_from_args, s
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     evaluate = commands.add_parser("eval", help="RAEE against its baselines on benchmark tasks, via gRPC")
     evaluate.add_argument(
-        "--data-root", type=Path, default=Path("../shared/data"), help="<task>/{train,test}.jsonl"
+        "--data-root",
+        type=Path,
+        default=Path("benchmarks/data"),
+        help="<task>/{train,test}.jsonl (benchmarks/data: the copy this repository ships)",
     )
     evaluate.add_argument("--family", action="append", choices=FAMILIES, help="(all)")
     evaluate.add_argument(

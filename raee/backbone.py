@@ -7,7 +7,7 @@ Face causal or masked LM whose layers sit in one ``ModuleList`` works unchanged,
 and they stop the forward pass by raising from the hook of the exit layer:
 layers above it never run, and neither does the full-vocabulary LM head. Only
 the prediction position is kept, and only the label words' rows of the head are
-multiplied (``../shared/RAEE.md`` §1).
+multiplied (``docs/method.md`` §1).
 """
 
 from __future__ import annotations

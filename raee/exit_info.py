@@ -2,7 +2,7 @@
 
 For a labelled example with gold class ``y`` the exit information is the list of
 ``(l, p_l)`` for every exit ``l`` whose argmax class is ``y``, ``p_l`` being that
-exit's max probability (``../shared/RAEE.md`` §2). Examples no exit gets right
+exit's max probability (``docs/method.md`` §2). Examples no exit gets right
 have an empty list.
 """
 

@@ -1,4 +1,4 @@
-"""The RAEE exit rule: neighbours' exit information to an exit distribution (RAEE.md §3).
+"""The RAEE exit rule: neighbours' exit information to an exit distribution (docs/method.md §3).
 
 For a query with retrieved neighbours ``i`` at squared L2 distances ``d_i``:
 

@@ -2,7 +2,7 @@
 
 The plain side shares nothing with the service but the models: it recomputes every
 key and every exit list itself, searches by brute-force squared L2 in numpy, and
-applies RAEE.md §3 written out afresh in a few lines.
+applies docs/method.md §3 written out afresh in a few lines.
 """
 
 from __future__ import annotations
