@@ -1,8 +1,12 @@
 """The service's exits equal a separate, plain implementation of the paper's rule over exact search.
 
-The plain side shares nothing with the service but the models: it recomputes every
-key and every exit list itself, searches by brute-force squared L2 in numpy, and
-applies docs/method.md §3 written out afresh in a few lines.
+What the plain side shares with the service: the two models (Gemma's weights and
+tokenizer, the MiniLM encoder) and the constants of the method (k = 12, the 1e-6
+distance floor, the 0.9 confidence threshold and the top-3 fallback of
+docs/method.md §3). Everything else it computes afresh: every exit list from the
+Hugging Face forward pass (tests/reference.py, no project probing code), every key
+from the prompt written out with str.replace, the search by brute-force squared L2
+in numpy, and the rule in a few lines.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from raee.tasks import TaskSpec
 from raee.v1 import retrieval_pb2, retrieval_pb2_grpc
 from raee_cli.demo import DEMO_DIR
 from raee_cli.pair import ServicePair
+from tests import reference
 from tests.conftest import DEMO_TEST_TEXTS
 
 QUERIES = [
@@ -30,6 +35,11 @@ QUERIES = [
     "a masterpiece of quiet, patient filmmaking .",
     "the jokes never land .",
 ]
+
+
+def prompt(spec: TaskSpec, text: str) -> str:
+    """The causal-LM prompt: the key the authors index, and what the backbone reads."""
+    return spec.template.replace("{text}", text, 1)
 
 
 def plain_rule(
@@ -51,7 +61,11 @@ async def test_service_exits_equal_the_plain_rule(
 ) -> None:
     examples, _ = read_examples(DEMO_DIR / "train.jsonl", demo_spec)
     train_texts = [e.text for e in examples]
-    probabilities = gemma.for_task(demo_spec).exit_probabilities(train_texts)
+    words = [label.word for label in demo_spec.labels]
+    probabilities = [
+        reference.exit_probabilities(gemma.model, gemma.tokenizer, prompt(demo_spec, text), words)[0].numpy()
+        for text in train_texts
+    ]
     exits = [
         [
             (layer, float(p[layer].max()))
@@ -60,9 +74,9 @@ async def test_service_exits_equal_the_plain_rule(
         ]
         for p, e in zip(probabilities, examples, strict=True)
     ]
-    keys = encoder.encode([demo_spec.key_text(t) for t in train_texts]).astype(np.float64)
+    keys = encoder.encode([prompt(demo_spec, t) for t in train_texts]).astype(np.float64)
     queries = QUERIES + train_texts[:16]  # stored texts too: the zero-distance guard at work
-    query_keys = encoder.encode([demo_spec.key_text(t) for t in queries]).astype(np.float64)
+    query_keys = encoder.encode([prompt(demo_spec, t) for t in queries]).astype(np.float64)
     expected = [plain_rule(keys, exits, q, gemma.num_layers) for q in query_keys]
 
     async with grpc.aio.insecure_channel(pair.retrieval_address) as channel:
