@@ -10,7 +10,7 @@ from raee.exit_rule import Fallback
 from raee.v1 import inference_pb2
 from raee.wire import common
 from raee.wire.retrieval import FALLBACK_TO_WIRE
-from raee.wire.validate import check_range, require_batch, require_task, require_text
+from raee.wire.validate import check_range, require_task, require_text, validate_each
 
 
 class Mode(Enum):
@@ -83,14 +83,7 @@ def work_items(
     request: inference_pb2.ClassifyBatchRequest, max_text_chars: int, max_items: int
 ) -> list[WorkItem | InvalidArgumentError]:
     """Each item's work, or that item's own validation error."""
-    require_batch(request.requests, max_items)
-    items: list[WorkItem | InvalidArgumentError] = []
-    for item in request.requests:
-        try:
-            items.append(work_item(item, max_text_chars))
-        except InvalidArgumentError as error:
-            items.append(error)
-    return items
+    return validate_each(request.requests, max_items, lambda item: work_item(item, max_text_chars))
 
 
 def classify_response(outcome: Outcome) -> inference_pb2.ClassifyResponse:

@@ -27,7 +27,7 @@ from raee.store import Neighbour, TaskVersion
 from raee.tasks import TaskSpec
 from raee.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from raee.wire import common
-from raee.wire.validate import check_range, require_batch, require_task, require_text
+from raee.wire.validate import check_range, require_task, require_text, validate_each
 
 FALLBACK_TO_WIRE: dict[Fallback, retrieval_pb2.FallbackReason.ValueType] = {
     Fallback.NONE: retrieval_pb2.FALLBACK_REASON_NONE,
@@ -111,14 +111,7 @@ def exit_queries(
     request: retrieval_pb2.BatchExitDistributionRequest, limits: QueryLimits, max_items: int
 ) -> list[ExitQuery | InvalidArgumentError]:
     """Each item's query, or that item's own validation error."""
-    require_batch(request.requests, max_items)
-    queries: list[ExitQuery | InvalidArgumentError] = []
-    for item in request.requests:
-        try:
-            queries.append(exit_query(item, limits))
-        except InvalidArgumentError as error:
-            queries.append(error)
-    return queries
+    return validate_each(request.requests, max_items, lambda item: exit_query(item, limits))
 
 
 def exit_response(answer: ExitAnswer, include_neighbours: bool) -> retrieval_pb2.ExitDistributionResponse:

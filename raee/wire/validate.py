@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sized
+from collections.abc import Callable, Sequence, Sized
+from typing import TypeVar
 
 from raee.errors import InvalidArgumentError
 from raee.tasks import check_task_name
+
+RequestT = TypeVar("RequestT")
+ItemT = TypeVar("ItemT")
 
 
 def require_task(task: str) -> str:
@@ -35,3 +39,17 @@ def check_range(field: str, value: int, low: int, high: int | None = None) -> in
         bounds = f"{low}..{high}" if high is not None else f"at least {low}"
         raise InvalidArgumentError(field, f"{value} is outside {bounds}")
     return value
+
+
+def validate_each(
+    requests: Sequence[RequestT], limit: int, check: Callable[[RequestT], ItemT]
+) -> list[ItemT | InvalidArgumentError]:
+    """A batch call's items, each validated on its own: an item's error fails that item only."""
+    require_batch(requests, limit)
+    items: list[ItemT | InvalidArgumentError] = []
+    for request in requests:
+        try:
+            items.append(check(request))
+        except InvalidArgumentError as error:
+            items.append(error)
+    return items
