@@ -1,0 +1,96 @@
+"""Every result the README states equals the results file it comes from (docs/results).
+
+The README's tables are written by hand for reading; this test keeps them from going
+stale: rerun `make results` (or the benchmark named in the row) and it fails until the
+README says the same.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evaluation.methods import METHODS
+from evaluation.report import averages
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+RESULTS = ROOT / "docs" / "results"
+NUMBER = r"(?<![\w.])[−-]?\d+(?:\.\d+)?"  # not the 50 of "p50"
+
+
+def result(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((RESULTS / name).read_text())
+    return data
+
+
+def table_rows(caption: str) -> dict[str, list[str]]:
+    """The rows of the README table whose header starts with ``| caption``: first cell -> the others."""
+    start = re.search(rf"^\| {re.escape(caption)}", README, flags=re.M)
+    assert start is not None, f"no README table starts with {caption!r}"
+    lines = README[start.start() :].splitlines()
+    rows = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0].strip("*")] = cells[1:]
+    return rows
+
+
+def numbers(cell: str) -> list[float]:
+    return [float(n.replace("−", "-")) for n in re.findall(NUMBER, cell.replace("*", ""))]
+
+
+@pytest.mark.parametrize(
+    ("caption", "family"), [("cloze templates", "cloze"), ("paper's templates", "paper")]
+)
+def test_the_comparison_tables_are_summary_json(caption: str, family: str) -> None:
+    tasks = result("summary.json")["families"][family]
+    rows = table_rows(caption)
+    assert set(rows) == {*tasks, "average"}
+    for task, cells in rows.items():
+        scores = averages(tasks) if task == "average" else tasks[task]
+        for method, cell in zip(METHODS, cells, strict=True):
+            shown = numbers(cell)
+            assert shown[0] == pytest.approx(scores[method]["score"], abs=0.051), (task, method)
+            if len(shown) > 1:  # an average exit in brackets, at the precision shown
+                decimals = len(cell.split("(")[1].split(")")[0].partition(".")[2])
+                assert shown[1] == pytest.approx(scores[method]["avg_exit"], abs=0.51 * 10**-decimals)
+
+
+def test_the_targets_table_is_the_speed_block() -> None:
+    speed = result("summary.json")["speed"]
+    rows = table_rows("Target")
+    assert numbers(rows["batch-1 p50 latency RAEE / FULL ≤ 0.55"][0]) == [
+        round(speed["latency_ratio_p50"], 2)
+    ]
+    assert numbers(rows["16-client throughput RAEE / FULL ≥ 2.0"][0]) == [
+        round(speed["throughput_ratio_16"], 2)
+    ]
+    overhead = numbers(rows["retrieval overhead ≤ 10 % of a full forward"][0])
+    parts = speed["retrieval_overhead_by_part"]
+    expected = [speed["retrieval_overhead"], parts["encode"], parts["search"], parts["aggregate"]]
+    assert overhead == [round(100 * value, 1) for value in expected]
+
+
+def test_the_measured_rows_are_their_benchmark_files() -> None:
+    rows = table_rows("What")
+    load = result("load.json")
+    shown = numbers(rows["Sustained load, 16 clients for 60 s (RAEE)"][0])
+    assert shown == [
+        load["requests"],
+        round(load["requests_per_s"]),
+        round(load["p50_ms"]),
+        round(load["p99_ms"]),
+        0,
+    ]
+    latency = result("grpc_latency.json")
+    shown = numbers(rows["Batch-1 latency over gRPC, 300 SST-2 test texts, RAEE vs FULL"][0])
+    p50, p95 = latency["batch1_p50_ms"], latency["batch1_p95_ms"]
+    assert shown[:3] == [round(p50["raee"], 1), round(p50["full"], 1), round(latency["latency_ratio_p50"], 2)]
+    assert shown[3:5] == [round(p95["raee"], 1), round(p95["full"], 1)]
