@@ -50,6 +50,9 @@ SPECS_DIR = Path(str(files("evaluation") / "tasks"))  # package data: found inst
 CHUNK = 64
 log = logging.getLogger("raee.eval")
 THROUGHPUT_CLIENTS = 16
+SPEED_SEED = 29
+# Long enough that a busy machine does not turn RAEE answers into degraded full-depth ones.
+EVAL_RETRIEVAL_TIMEOUT_MS = 60_000.0
 INGEST_BENCHMARK = "ingest_and_query.json"  # benchmarks/ingest_and_query.py's report, in --out
 
 
@@ -144,27 +147,60 @@ def exit_probabilities(probe: TaskProbe, texts: Sequence[str], batch: int = 16) 
     )
 
 
-async def classify_all(
-    stub: inference_pb2_grpc.InferenceServiceStub, task: str, texts: Sequence[str], mode: str
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Label indices, exit layers and seconds of ``texts`` through ClassifyBatch."""
-    responses: list[inference_pb2.ClassifyResponse] = []
-    started = time.perf_counter()
-    for i in range(0, len(texts), CHUNK):
-        request = inference_pb2.ClassifyBatchRequest(
-            requests=[classify_request(task, text, mode) for text in texts[i : i + CHUNK]]
+class DegradedAnswersError(RuntimeError):
+    """RAEE answers came back degraded (full depth after a retrieval failure): they are not RAEE's."""
+
+
+@dataclass
+class Classified:
+    """One mode's answers to a task's test set through ClassifyBatch."""
+
+    labels: list[int]
+    exits: list[int]
+    seconds: float = 0.0
+    degraded: int = 0
+
+
+async def classify_both(
+    stub: inference_pb2_grpc.InferenceServiceStub, task: str, texts: Sequence[str]
+) -> dict[str, Classified]:
+    """RAEE and FULL answers to ``texts`` through ClassifyBatch, the modes alternating chunk by chunk.
+
+    Alternating (and swapping which mode goes first) spreads the machine's noise over
+    both modes alike, so the ratio of their rates is fair.
+    """
+    answers = {"raee": Classified([], []), "full": Classified([], [])}
+    for number, start in enumerate(range(0, len(texts), CHUNK)):
+        chunk = texts[start : start + CHUNK]
+        for mode in ("raee", "full") if number % 2 == 0 else ("full", "raee"):
+            request = inference_pb2.ClassifyBatchRequest(
+                requests=[classify_request(task, text, mode) for text in chunk]
+            )
+            started = time.perf_counter()
+            reply = await stub.ClassifyBatch(request, timeout=600)
+            answers[mode].seconds += time.perf_counter() - started
+            for result in reply.results:
+                if result.HasField("error"):
+                    raise RuntimeError(f"{task}: {mode} failed: {result.error.message}")
+                answers[mode].labels.append(result.response.label_index)
+                answers[mode].exits.append(result.response.exit_layer)
+                answers[mode].degraded += result.response.degraded
+    check_not_degraded(task, "raee", answers["raee"].degraded)
+    return answers
+
+
+def check_not_degraded(task: str, what: str, degraded: int) -> None:
+    if degraded:
+        raise DegradedAnswersError(
+            f"{task}: {degraded} {what} answers were degraded (answered at full depth after the "
+            "retrieval service failed or timed out); they would be scored and timed as RAEE. "
+            "Rerun on a quieter machine, or raise the eval's retrieval timeout."
         )
-        reply = await stub.ClassifyBatch(request, timeout=600)
-        for result in reply.results:
-            if result.HasField("error"):
-                raise RuntimeError(f"{task}: {mode} failed: {result.error.message}")
-            responses.append(result.response)
-    seconds = time.perf_counter() - started
-    return (
-        np.array([r.label_index for r in responses]),
-        np.array([r.exit_layer for r in responses]),
-        seconds,
-    )
+
+
+def speed_sample(count: int, size: int, seed: int = SPEED_SEED) -> list[int]:
+    """A seeded, shuffled sample of test indices: test files are often sorted by label."""
+    return [int(i) for i in np.random.default_rng(seed).permutation(count)[:size]]
 
 
 async def retrieve_neighbours(
@@ -246,6 +282,8 @@ async def batch1_timing(
             started = time.perf_counter()
             reply = await call(text)
             latencies[name].append(1000 * (time.perf_counter() - started))
+            if name == "raee":
+                check_not_degraded(task, "batch-1 raee", int(reply.degraded))
             if name == "knn":
                 for part in RETRIEVAL_PARTS:
                     parts[part].append(getattr(reply.timing, f"{part}_ms"))
@@ -276,7 +314,8 @@ async def throughput_ratio(
         async def caller(offset: int) -> None:
             for i in range(per_client):
                 text = texts[(offset * per_client + i) % len(texts)]
-                await inference.Classify(classify_request(task, text, mode), timeout=120)
+                reply = await inference.Classify(classify_request(task, text, mode), timeout=120)
+                check_not_degraded(task, f"{clients}-client {mode}", int(reply.degraded))
 
         started = time.perf_counter()
         await asyncio.gather(*(caller(c) for c in range(clients)))
@@ -304,8 +343,11 @@ async def evaluate_task(
     tests = _examples(task.test, spec, None)
     texts = [e.text for e in tests]
     probe = backbone.for_task(spec)
-    raee_preds, raee_exits, raee_s = await classify_all(inference, spec.name, texts, "raee")
-    full_preds, _, full_s = await classify_all(inference, spec.name, texts, "full")
+    answers = await classify_both(inference, spec.name, texts)
+    raee_preds, raee_exits = np.array(answers["raee"].labels), np.array(answers["raee"].exits)
+    full_preds = np.array(answers["full"].labels)
+    timed = speed_sample(len(texts), max(latency_sample, THROUGHPUT_CLIENTS * 4))
+    timed_texts = [texts[i] for i in timed]
     train_sample = _examples(task.train, spec, tau_sample)
     accuracy_per_exit = np.asarray(version.stats["accuracy_per_exit_pct"])
     neighbours = await retrieve_neighbours(retrieval, spec, texts)
@@ -324,8 +366,8 @@ async def evaluate_task(
     scores = evaluate(arrays, spec.metric)
     # The exit-based baselines are timed as the fixed exit they (on average) run to.
     fixed_exits = {m: round(scores[m].avg_exit) for m in ("static", "confidence", "oracle")}
-    timing = await batch1_timing(inference, retrieval, spec.name, texts[:latency_sample], fixed_exits)
-    concurrent = await throughput_ratio(inference, spec.name, texts)
+    timing = await batch1_timing(inference, retrieval, spec.name, timed_texts[:latency_sample], fixed_exits)
+    concurrent = await throughput_ratio(inference, spec.name, timed_texts)
     return {
         "methods": {
             method: {
@@ -342,7 +384,9 @@ async def evaluate_task(
         },
         "constant_exits": np.flatnonzero(constant_exits(arrays.train_probs)).tolist(),
         "raee_exit_histogram": np.bincount(raee_exits, minlength=backbone.num_layers + 1).tolist(),
-        "throughput_rps": {"raee": len(texts) / raee_s, "full": len(texts) / full_s},
+        "throughput_rps": {mode: len(texts) / answer.seconds for mode, answer in answers.items()},
+        "degraded": {mode: answer.degraded for mode, answer in answers.items()},
+        "speed_sample": {"seed": SPEED_SEED, "test_indices": timed},
         "latency_ratio_p50": timing.p50_ms["raee"] / timing.p50_ms["full"],
         f"throughput_ratio_{THROUGHPUT_CLIENTS}": concurrent,
         "retrieval_overhead": timing.retrieval_overhead,
@@ -372,7 +416,7 @@ async def run_eval(
     store = open_store(home=home)
     pair = await start_pair(
         RetrievalSettings(port=0, metrics_port=0, home=home),
-        InferenceSettings(port=0, metrics_port=0),
+        InferenceSettings(port=0, metrics_port=0, retrieval_timeout_ms=EVAL_RETRIEVAL_TIMEOUT_MS),
         backbone=backbone,
         encoder=encoder,
     )

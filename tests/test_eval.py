@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import grpc
 import pytest
 
 from evaluation.methods import METHODS
+from evaluation.runner import DegradedAnswersError, classify_both
+from raee.backbone import Backbone
+from raee.encoder import QueryEncoder
+from raee.tasks import TaskSpec
+from raee.v1 import inference_pb2_grpc
 from raee_cli.demo import DEMO_DIR
 from raee_cli.main import main
+from tests.conftest import DEMO_TEST_TEXTS, start_demo_pair
 
 
 def test_eval_writes_the_summary_table_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,8 +56,29 @@ def test_eval_writes_the_summary_table_and_plots(tmp_path: Path, capsys: pytest.
     assert set(detail["ablations"]) == {"raee_informative"}
     assert all(0 <= exit_ <= 18 for exit_ in detail["constant_exits"])
     assert "raee_informative" in (out / "results.md").read_text()
+    assert detail["degraded"] == {"raee": 0, "full": 0}
+    timed = detail["speed_sample"]["test_indices"]
+    assert len(set(timed)) == len(timed) and all(0 <= i < detail["test_examples"] for i in timed)
+    assert timed != sorted(timed), "the speed sample is shuffled, not the file's first rows"
 
     # A second run reuses the published version: same spec, backbone and data.
     assert main(args) == 0
     details = json.loads((out / "details.json").read_text())
     assert details["custom"]["demo-sentiment"]["reused_version"] is True
+
+
+async def test_degraded_raee_answers_fail_the_eval(
+    served_home: Path, gemma: Backbone, encoder: QueryEncoder, demo_spec: TaskSpec
+) -> None:
+    """With the retrieval service gone, RAEE answers come back degraded: the eval refuses them."""
+    pair = await start_demo_pair(served_home, gemma, encoder, retrieval_timeout_ms=2000.0)
+    try:
+        async with grpc.aio.insecure_channel(pair.inference_address) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            healthy = await classify_both(stub, demo_spec.name, DEMO_TEST_TEXTS[:4])
+            assert healthy["raee"].degraded == healthy["full"].degraded == 0
+            await pair.retrieval.stop(0)
+            with pytest.raises(DegradedAnswersError, match="4 raee answers were degraded"):
+                await classify_both(stub, demo_spec.name, DEMO_TEST_TEXTS[:4])
+    finally:
+        await pair.inference.stop(0)
