@@ -30,7 +30,9 @@ def test_length_sorted_batches_cover_every_index_once() -> None:
     assert [b.tolist() for b in batches] == [[1, 3, 4, 0], [5, 2]]
 
 
-def test_demo_ingests_serves_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_ingests_serves_and_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert main(["demo", "--home", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "task demo-sentiment: published version" in out
@@ -44,8 +46,14 @@ def test_demo_ingests_serves_and_reports(tmp_path: Path, capsys: pytest.CaptureF
     assert first.points == 48
     assert len(first.stats["accuracy_per_exit_pct"]) == 19
 
-    assert main(["demo", "--home", str(tmp_path)]) == 0  # the task is there: served as it is
-    assert "already published" in capsys.readouterr().out
+    # $RAEE_HOME instead of --home: the demo's ingest and its retrieval service both use it.
+    monkeypatch.setenv("RAEE_HOME", str(tmp_path))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # no ./.raee to fall back on
+    assert main(["demo"]) == 0  # the task is there: served as it is
+    out = capsys.readouterr().out
+    assert "already published" in out
+    assert "accuracy: RAEE" in out
     assert store.get_task("demo-sentiment").version == first.version
 
     args = ["ingest", "--task-spec", str(DEMO_DIR / "task.yaml"), "--data", str(DEMO_DIR / "train.jsonl")]
