@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 
@@ -24,6 +25,28 @@ from raee.serving.server import (
 from raee.v1 import inference_pb2_grpc, retrieval_pb2_grpc
 
 logger = logging.getLogger(__name__)
+
+
+# round_robin over every address of the name; the retrieval calls only read, so a call
+# that fails UNAVAILABLE (say, cut off as its connection reached its maximum age, or a
+# pod going away) is retried at once on another connection, within the same deadline.
+RETRIEVAL_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": "raee.v1.RetrievalService"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
 
 
 @dataclass
@@ -51,12 +74,17 @@ async def start(config: InferenceConfig, *, backbone: Backbone | None = None) ->
         port=config.port,
         register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
+        host=config.listen_host,
         security=config.security,
+        max_connection_age_s=config.max_connection_age_s,
+        max_connection_age_grace_s=config.max_connection_age_grace_s,
     )
     logger.info("inference worker listening on port %d; loading backbone", running.port)
     if backbone is None:
         backbone = await asyncio.to_thread(Backbone.load, config.backbone)
-    # dns:/// with round_robin spreads calls over every retrieval pod behind a headless Service.
+    # dns:/// with round_robin spreads calls over every retrieval pod behind a headless Service;
+    # the retrieval pods close connections after RAEE_MAX_CONNECTION_AGE_S, and the
+    # re-resolution that follows finds pods added since.
     target = config.retrieval_addr if "://" in config.retrieval_addr else f"dns:///{config.retrieval_addr}"
     credentials = channel_credentials(
         config.retrieval_tls_ca, config.retrieval_tls_cert, config.retrieval_tls_key
@@ -64,7 +92,10 @@ async def start(config: InferenceConfig, *, backbone: Backbone | None = None) ->
     channel = open_channel(
         target,
         credentials,
-        [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.lb_policy_name", "round_robin")],
+        [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.service_config", RETRIEVAL_SERVICE_CONFIG),
+        ],
     )
     worker = InferenceWorker(
         backbone,

@@ -41,7 +41,10 @@ async def start(config: RetrievalConfig, *, encoder: QueryEncoder | None = None)
         port=config.port,
         register=lambda server: retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
+        host=config.listen_host,
         security=config.security,
+        max_connection_age_s=config.max_connection_age_s,
+        max_connection_age_grace_s=config.max_connection_age_grace_s,
     )
     logger.info("retrieval service listening on port %d; loading models", running.port)
     store = open_store(config.store_url or None, home=config.home)

@@ -37,6 +37,13 @@ class ServiceConfig:
     tls_cert: str = env("RAEE_TLS_CERT", "", "server certificate (PEM file); empty: plaintext")
     tls_key: str = env("RAEE_TLS_KEY", "", "server private key (PEM file)")
     tls_client_ca: str = env("RAEE_TLS_CLIENT_CA", "", "CA of client certificates: mutual TLS")
+    listen_host: str = env("RAEE_LISTEN_HOST", "[::]", "address the gRPC server listens on")
+    max_connection_age_s: float = env(
+        "RAEE_MAX_CONNECTION_AGE_S", 30.0, "connections closed (GOAWAY) after this; 0: never"
+    )
+    max_connection_age_grace_s: float = env(
+        "RAEE_MAX_CONNECTION_AGE_GRACE_S", 10.0, "then calls still on a closed connection are cancelled"
+    )
 
     @property
     def security(self) -> ServerSecurity:
