@@ -122,7 +122,7 @@ BREAKAGES = {
     ),
     "latest image": (
         "base/qdrant.yaml",
-        "image: qdrant/qdrant:v1.16.3",
+        "image: qdrant/qdrant:v1.20.0",
         "image: qdrant/qdrant:latest",
         ["StatefulSet/qdrant", "latest"],
     ),
