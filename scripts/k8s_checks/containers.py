@@ -376,6 +376,8 @@ def check_flags(
     mounts = [as_map(m) for m in as_list(container.get("volumeMounts"))]
     for flag in ("--task-spec", "--data"):
         path = flags.get(flag)
+        if flag == "--data" and path is not None and (path == "-" or path.startswith("s3://")):
+            continue  # standard input, or an object store: no volume
         if path is not None and not any(under(path, str(m.get("mountPath"))) for m in mounts):
             problems.add(where, f"{flag} {path} is on no mounted volume")
     if "--shard-index" in args:

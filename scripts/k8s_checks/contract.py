@@ -58,6 +58,18 @@ class Command:
 
 
 _STORE = frozenset({"RAEE_QDRANT_URL", "RAEE_QDRANT_API_KEY"})
+# `raee ingest --data s3://...`: the standard variables boto3 reads.
+_OBJECT_STORE = frozenset(
+    {
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    }
+)
 COMMANDS: dict[tuple[str, ...], Command] = {
     c.words: c
     for c in (
@@ -121,11 +133,13 @@ COMMANDS: dict[tuple[str, ...], Command] = {
                 "RAEE_ENCODER",
                 "RAEE_CACHE_DIR",
                 "RAEE_LOG_LEVEL",
-            },
+            }
+            | _OBJECT_STORE,
             required_env=_STORE | {"RAEE_CACHE_DIR"},
             flags={
                 "--task-spec": True,
                 "--data": True,
+                "--data-format": True,
                 "--store-url": True,
                 "--version": True,
                 "--shard-index": True,
