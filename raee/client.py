@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -11,6 +12,24 @@ from raee.store import Neighbour
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2
 
+# Classify only reads: a call that fails UNAVAILABLE (its connection closed by the
+# server's maximum connection age, or a worker going away) is retried at once.
+RETRY_UNAVAILABLE = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "raee.v1.InferenceService"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
 MODES = {"raee": inference_pb2.MODE_RAEE, "full": inference_pb2.MODE_FULL, "fixed": inference_pb2.MODE_FIXED}
 
 
@@ -39,7 +58,9 @@ class InferenceClient:
     """``async with InferenceClient("localhost:50052") as client: await client.classify(...)``."""
 
     def __init__(self, address: str, *, timeout_s: float = 30.0, token: str = "", tls_ca: str = "") -> None:
-        self.channel = open_channel(address, channel_credentials(tls_ca), [])
+        self.channel = open_channel(
+            address, channel_credentials(tls_ca), [("grpc.service_config", RETRY_UNAVAILABLE)]
+        )
         self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
         self.timeout_s = timeout_s
         self.metadata = bearer_metadata(token)

@@ -42,7 +42,7 @@ class ServiceConfig:
         "RAEE_MAX_CONNECTION_AGE_S", 30.0, "connections closed (GOAWAY) after this; 0: never"
     )
     max_connection_age_grace_s: float = env(
-        "RAEE_MAX_CONNECTION_AGE_GRACE_S", 10.0, "then calls still on a closed connection are cancelled"
+        "RAEE_MAX_CONNECTION_AGE_GRACE_S", 30.0, "then calls still on a closed connection are cancelled"
     )
 
     @property
