@@ -86,6 +86,8 @@ COMMANDS: dict[tuple[str, ...], Command] = {
                 "RAEE_MAX_BATCH_REQUESTS",
                 "RAEE_CACHE_DIR",
                 "RAEE_GRACE_S",
+                "RAEE_MAX_CONNECTION_AGE_S",
+                "RAEE_MAX_CONNECTION_AGE_GRACE_S",
                 "RAEE_LOG_LEVEL",
             },
             required_env=_STORE | {"RAEE_CACHE_DIR"},
@@ -110,6 +112,8 @@ COMMANDS: dict[tuple[str, ...], Command] = {
                     "RAEE_MAX_BATCH_REQUESTS",
                     "RAEE_CACHE_DIR",
                     "RAEE_GRACE_S",
+                    "RAEE_MAX_CONNECTION_AGE_S",
+                    "RAEE_MAX_CONNECTION_AGE_GRACE_S",
                     "RAEE_LOG_LEVEL",
                 }
             ),
@@ -176,7 +180,14 @@ INT_ENV = {
     "RAEE_QDRANT_SHARDS",
     "RAEE_QDRANT_REPLICATION",
 }
-FLOAT_ENV = {"RAEE_GRACE_S", "RAEE_MAX_WAIT_MS", "RAEE_RETRIEVAL_TIMEOUT_MS", "RAEE_TASK_TTL_S"}
+FLOAT_ENV = {
+    "RAEE_GRACE_S",
+    "RAEE_MAX_WAIT_MS",
+    "RAEE_RETRIEVAL_TIMEOUT_MS",
+    "RAEE_TASK_TTL_S",
+    "RAEE_MAX_CONNECTION_AGE_S",
+    "RAEE_MAX_CONNECTION_AGE_GRACE_S",
+}
 
 LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 DEFAULT_GRACE_S = 10
