@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 
@@ -26,6 +27,28 @@ from raee.wire.inference import Outcome, WorkItem
 from raee.wire.retrieval import RetrievalClient
 
 logger = logging.getLogger(__name__)
+
+
+# round_robin over every address of the name; the retrieval calls only read, so a call
+# that fails UNAVAILABLE (say, cut off as its connection reached its maximum age, or a
+# pod going away) is retried at once on another connection, within the same deadline.
+RETRIEVAL_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": "raee.v1.RetrievalService"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
 
 
 @dataclass
@@ -53,22 +76,29 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
         port=settings.port,
         register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
+        host=settings.listen_host,
         security=ServerSecurity.of(settings),
+        max_connection_age_s=settings.max_connection_age_s,
+        max_connection_age_grace_s=settings.max_connection_age_grace_s,
     )
     logger.info("inference worker listening on port %d; loading backbone", running.port)
     if backbone is None:
         backbone = await asyncio.to_thread(Backbone.load, settings.backbone)
-    # dns:/// with round_robin spreads calls over every retrieval pod behind a headless Service.
-    target = (
-        settings.retrieval_addr if "://" in settings.retrieval_addr else f"dns:///{settings.retrieval_addr}"
-    )
+    # dns:/// with round_robin spreads calls over every retrieval pod behind a headless Service;
+    # the retrieval pods close connections after RAEE_MAX_CONNECTION_AGE_S, and the
+    # re-resolution that follows finds pods added since.
+    addr = settings.retrieval_addr
+    target = addr if "://" in addr else f"dns:///{addr}"
     credentials = channel_credentials(
         settings.retrieval_tls_ca, settings.retrieval_tls_cert, settings.retrieval_tls_key
     )
     channel = open_channel(
         target,
         credentials,
-        [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.lb_policy_name", "round_robin")],
+        [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.service_config", RETRIEVAL_SERVICE_CONFIG),
+        ],
     )
     retrieval = RetrievalClient(
         retrieval_pb2_grpc.RetrievalServiceStub(channel),

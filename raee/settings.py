@@ -98,6 +98,23 @@ class ServiceSettings(RaeeSettings):
     tls_cert: str = env("RAEE_TLS_CERT", "", "server certificate (PEM file); empty: plaintext")
     tls_key: str = env("RAEE_TLS_KEY", "", "server private key (PEM file)")
     tls_client_ca: str = env("RAEE_TLS_CLIENT_CA", "", "CA of client certificates: mutual TLS")
+    listen_host: str = env(
+        "RAEE_LISTEN_HOST", "[::]", "address the gRPC server listens on (127.0.0.1: this machine only)"
+    )
+    max_connection_age_s: float = env(
+        "RAEE_MAX_CONNECTION_AGE_S",
+        30.0,
+        "client connections closed (GOAWAY) after about this long, so that clients re-resolve "
+        "and reach pods added since (0: never; docs/deploy.md, Balancing)",
+        ge=0,
+    )
+    max_connection_age_grace_s: float = env(
+        "RAEE_MAX_CONNECTION_AGE_GRACE_S",
+        30.0,
+        "calls still running this long after their connection's GOAWAY are cancelled; keep it at "
+        "least the longest client deadline",
+        ge=0,
+    )
 
 
 class RetrievalSettings(ServiceSettings, StoreSettings):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -9,12 +10,33 @@ from raee.serving.security import bearer_metadata, channel_credentials, open_cha
 from raee.v1 import inference_pb2, inference_pb2_grpc
 from raee.wire.inference import Mode, classify_request
 
+# Classify only reads: a call that fails UNAVAILABLE (its connection closed by the
+# server's maximum connection age, or a worker going away) is retried at once.
+RETRY_UNAVAILABLE = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "raee.v1.InferenceService"}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
 
 class InferenceClient:
     """``async with InferenceClient("localhost:50052") as client: await client.classify(...)``."""
 
     def __init__(self, address: str, *, timeout_s: float = 30.0, token: str = "", tls_ca: str = "") -> None:
-        self.channel = open_channel(address, channel_credentials(tls_ca), [])
+        self.channel = open_channel(
+            address, channel_credentials(tls_ca), [("grpc.service_config", RETRY_UNAVAILABLE)]
+        )
         self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
         self.timeout_s = timeout_s
         self.metadata = bearer_metadata(token)

@@ -88,7 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser("ingest", help="probe the backbone over labelled data; publish the task")
     _spec_flags(ingest)
-    ingest.add_argument("--data", required=True, type=Path, help="JSONL, CSV or TSV with text and label")
+    ingest.add_argument(
+        "--data",
+        required=True,
+        help="JSONL, CSV or TSV with text and label: a file, s3://bucket/key (endpoint and "
+        "credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), or - for standard input",
+    )
+    ingest.add_argument(
+        "--data-format",
+        choices=["jsonl", "csv", "tsv"],
+        help="format of --data (default: its suffix; - : jsonl)",
+    )
     add_store_flags(ingest)
     add_model_flags(ingest)
     ingest.add_argument("--batch-size", type=int, default=16, help="examples per forward pass (16)")
@@ -194,7 +204,7 @@ def _ingest(args: argparse.Namespace) -> int:
     from raee.store import open_store_from
 
     spec = _spec_from_args(args)
-    examples, errors = read_examples(args.data, spec)
+    examples, errors = read_examples(args.data, spec, data_format=args.data_format)
     if errors and (not args.skip_invalid or not examples):
         raise DataError(errors)
     for error in errors:

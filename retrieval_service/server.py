@@ -42,7 +42,10 @@ async def start(settings: RetrievalSettings, *, encoder: QueryEncoder | None = N
         port=settings.port,
         register=lambda server: retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
+        host=settings.listen_host,
         security=ServerSecurity.of(settings),
+        max_connection_age_s=settings.max_connection_age_s,
+        max_connection_age_grace_s=settings.max_connection_age_grace_s,
     )
     logger.info("retrieval service listening on port %d; loading models", running.port)
     store = open_store_from(settings)

@@ -77,7 +77,7 @@ BREAKAGES = {
     ),
     "latest image": (
         "base/qdrant.yaml",
-        "image: qdrant/qdrant:v1.16.3",
+        "image: qdrant/qdrant:v1.20.0",
         "image: qdrant/qdrant:latest",
         "checkov",
         ["overlays/dev: StatefulSet/qdrant", "CKV_K8S_14 Image Tag"],

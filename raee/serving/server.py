@@ -31,6 +31,20 @@ SERVER_OPTIONS = [
 ]
 
 
+def connection_age_options(age_s: float, grace_s: float) -> list[tuple[str, int]]:
+    """gRPC server options closing connections after ``age_s`` (0: never), ``grace_s`` for calls in flight."""
+    if age_s < 0:
+        raise ValueError(f"max_connection_age_s: must be 0 (never) or positive (got {age_s})")
+    if grace_s < 0:
+        raise ValueError(f"max_connection_age_grace_s: must be 0 or positive (got {grace_s})")
+    if age_s == 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", max(1, round(age_s * 1000))),
+        ("grpc.max_connection_age_grace_ms", round(grace_s * 1000)),
+    ]
+
+
 @dataclass
 class RunningServer:
     server: aio.Server
@@ -57,13 +71,20 @@ async def start_server(
     service_names: Sequence[str],
     host: str = "[::]",
     security: ServerSecurity | None = None,
+    max_connection_age_s: float = 0.0,
+    max_connection_age_grace_s: float = 0.0,
 ) -> RunningServer:
-    """Start serving ``register``'s servicers plus health and reflection; port 0 picks a free one."""
+    """Start serving ``register``'s servicers plus health and reflection; port 0 picks a free one.
+
+    With ``max_connection_age_s``, every connection is closed after about that long
+    (GOAWAY, after which the client reconnects and re-resolves the name), so that
+    clients spread over pods added since they connected.
+    """
     security = security or ServerSecurity()
     interceptors = [BearerTokenInterceptor(security.auth_token)] if security.auth_token else []
     server = aio.server(
         interceptors=[*interceptors, ErrorMappingInterceptor()],
-        options=SERVER_OPTIONS,
+        options=SERVER_OPTIONS + connection_age_options(max_connection_age_s, max_connection_age_grace_s),
     )
     register(server)
     health_servicer = health.aio.HealthServicer()
