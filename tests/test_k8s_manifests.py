@@ -158,7 +158,7 @@ BREAKAGES = {
     ),
     "missing resources": (
         "ingest/publish/job.yaml",
-        "          resources:\n            requests:\n              cpu: 100m\n              memory: 256Mi\n"
+        "          resources:\n            requests:\n              cpu: 100m\n              memory: 512Mi\n"
         '            limits:\n              cpu: "1"\n              memory: 1Gi\n',
         "",
         ["Job/raee-publish-sst2", "resources.requests has no cpu and memory"],
