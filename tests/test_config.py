@@ -63,3 +63,17 @@ def test_secrets_have_no_flag() -> None:
     assert "auth_token" not in flags
     assert "retrieval_token" not in flags
     assert "max_batch" in flags
+
+
+def test_connection_age_options() -> None:
+    from raee.serving.server import connection_age_options
+
+    assert connection_age_options(0.0, 10.0) == []
+    assert connection_age_options(30.0, 10.0) == [
+        ("grpc.max_connection_age_ms", 30000),
+        ("grpc.max_connection_age_grace_ms", 10000),
+    ]
+    with pytest.raises(ValueError, match="max_connection_age_s"):
+        connection_age_options(-1.0, 0.0)
+    with pytest.raises(ValueError, match="max_connection_age_grace_s"):
+        connection_age_options(30.0, -1.0)
