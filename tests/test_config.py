@@ -121,3 +121,17 @@ def test_raee_config_shows_the_effective_settings(monkeypatch: pytest.MonkeyPatc
     assert "RAEE_CLIENT_TOKEN=(unset)" in lines
     assert not any("hush" in line for line in lines)
     assert {line.split("=")[0] for line in lines} == env_keys()
+
+
+def test_connection_age_options() -> None:
+    from raee.serving.server import connection_age_options
+
+    assert connection_age_options(0.0, 10.0) == []
+    assert connection_age_options(30.0, 10.0) == [
+        ("grpc.max_connection_age_ms", 30000),
+        ("grpc.max_connection_age_grace_ms", 10000),
+    ]
+    with pytest.raises(ValueError, match="max_connection_age_s"):
+        connection_age_options(-1.0, 0.0)
+    with pytest.raises(ValueError, match="max_connection_age_grace_s"):
+        connection_age_options(30.0, -1.0)

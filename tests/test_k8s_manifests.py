@@ -119,7 +119,7 @@ BREAKAGES = {
     ),
     "missing resources": (
         "ingest/publish/job.yaml",
-        "          resources:\n            requests:\n              cpu: 100m\n              memory: 256Mi\n"
+        "          resources:\n            requests:\n              cpu: 100m\n              memory: 512Mi\n"
         '            limits:\n              cpu: "1"\n              memory: 1Gi\n',
         "",
         "checkov",
