@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evaluation import BENCHMARK_TASKS, FAMILIES
 from raee.data import DataError, read_examples
 from raee.defaults import DEFAULT_BACKBONE, DEFAULT_ENCODER
 from raee.demo import DEMO_DIR
@@ -124,6 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("texts", nargs="+", metavar="TEXT")
     classify.set_defaults(handler=_classify)
 
+    _add_eval_command(commands)
+
+    prepare = commands.add_parser("prepare", help="convert and cache the backbone, check the encoder")
+    _model_flags(prepare)
+    prepare.set_defaults(handler=_prepare)
+    return parser
+
+
+def _add_eval_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``raee eval``, where the evaluation package is installed (the serving image leaves it out)."""
+    try:
+        from evaluation import BENCHMARK_TASKS, FAMILIES
+    except ImportError:
+        missing = commands.add_parser("eval", help="(needs the evaluation package: run it from a checkout)")
+        missing.set_defaults(handler=_eval_missing)
+        return
     evaluate = commands.add_parser("eval", help="RAEE against its baselines on benchmark tasks, via gRPC")
     evaluate.add_argument(
         "--data-root", type=Path, default=Path("../shared/data"), help="<task>/{train,test}.jsonl"
@@ -142,11 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     _store_flags(evaluate, url=False)
     _model_flags(evaluate)
     evaluate.set_defaults(handler=_eval)
-
-    prepare = commands.add_parser("prepare", help="convert and cache the backbone, check the encoder")
-    _model_flags(prepare)
-    prepare.set_defaults(handler=_prepare)
-    return parser
 
 
 def _spec_flags(parser: argparse.ArgumentParser) -> None:
@@ -339,7 +349,17 @@ async def _run_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_missing(args: argparse.Namespace) -> int:
+    print(
+        "raee eval: the evaluation package is not installed here (the serving image ships without it);"
+        " run it from a source checkout",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def _eval(args: argparse.Namespace) -> int:
+    from evaluation import BENCHMARK_TASKS, FAMILIES
     from evaluation.report import markdown
     from evaluation.runner import benchmark_tasks, folder_task, run_eval
     from raee.paths import raee_home
