@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint proto bench results clean
+.PHONY: install demo test lint proto bench results clean wheelhouse image image-baked e2e-containers
 
 install: $(STAMP)
 
@@ -39,5 +39,27 @@ results: $(STAMP)
 		--out docs/results/ingest_and_query.json
 	$(BIN)/raee eval --data-root $(DATA) --train-limit 2000 --out docs/results
 
+# The container image (Dockerfile), built from a wheelhouse prepared here so that
+# the build itself needs no index. BASE_IMAGE=localhost/raee-base:bookworm where no
+# registry is reachable (scripts/containers/base_image.sh builds it from Debian).
+CONTAINER_ENGINE ?= $(shell command -v podman > /dev/null && echo podman || echo docker)
+IMAGE ?= localhost/raee:dev
+BASE_IMAGE ?= docker.io/library/python:3.11.13-slim-bookworm
+IMAGE_BUILD = $(CONTAINER_ENGINE) build --build-arg BASE_IMAGE=$(BASE_IMAGE)
+
+wheelhouse: $(STAMP)
+	PYTHON=$(BIN)/python scripts/containers/wheelhouse.sh
+
+image: wheelhouse
+	$(IMAGE_BUILD) -t $(IMAGE) .
+
+image-baked: wheelhouse
+	$(IMAGE_BUILD) --build-arg BAKE_WEIGHTS=1 -t $(IMAGE)-baked .
+
+# Both images, then the services in containers the way k8s/base runs them
+# (scripts/containers/e2e.py; needs podman: scripts/containers/setup_podman.sh).
+e2e-containers: image image-baked
+	$(BIN)/python scripts/containers/e2e.py --engine $(CONTAINER_ENGINE) --image $(IMAGE)
+
 clean:
-	rm -rf $(VENV) .raee .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .raee .pytest_cache .mypy_cache .ruff_cache wheelhouse/*.whl
