@@ -30,11 +30,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/venv
 # Dependencies first, in their own layers: a change to the sources reuses them.
 COPY wheelhouse/ /wheelhouse/
-COPY pyproject.toml constraints.txt /src/
+WORKDIR /src
+COPY pyproject.toml constraints.txt ./
 # Without a wheelhouse: torch first, from the CPU wheel index (anything pulling
 # torch in later would otherwise fetch a multi-GB CUDA build), the rest from PyPI.
 RUN set -eu; \
-    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
         > /tmp/requirements.txt; \
     if ls /wheelhouse/*.whl > /dev/null 2>&1; then \
         set -- --no-index --find-links /wheelhouse; \
@@ -42,14 +43,14 @@ RUN set -eu; \
         pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"; \
         set --; \
     fi; \
-    pip install "$@" -c /src/constraints.txt "torch==${TORCH_VERSION}" "setuptools>=77" -r /tmp/requirements.txt
+    pip install "$@" -c constraints.txt "torch==${TORCH_VERSION}" "setuptools>=77" -r /tmp/requirements.txt
 # The sources the image ships: the serving packages and the project's metadata.
-COPY README.md /src/
-COPY raee /src/raee
-COPY ingest /src/ingest
-COPY retrieval_service /src/retrieval_service
-COPY inference_service /src/inference_service
-RUN pip install --no-index --no-deps --no-build-isolation /src \
+COPY README.md ./
+COPY raee ./raee
+COPY ingest ./ingest
+COPY retrieval_service ./retrieval_service
+COPY inference_service ./inference_service
+RUN pip install --no-index --no-deps --no-build-isolation . \
     && raee --help > /dev/null
 
 # ---- weights: optionally convert the backbone once, into the image's cache.

@@ -112,7 +112,7 @@ def test_every_serving_package_is_copied() -> None:
     sources = dockerfile_copy_sources((ROOT / "Dockerfile").read_text())
     not_copied = sorted(packages - NOT_SHIPPED - sources)
     assert not not_copied, (
-        f"pyproject installs {not_copied} but the image does not ship them: add `COPY <name> /src/<name>` "
+        f"pyproject installs {not_copied} but the image does not ship them: add `COPY <name> ./<name>` "
         "to the Dockerfile's sources and `!<name>/` to .dockerignore"
     )
     assert not (sources & NOT_SHIPPED), f"the serving image must not ship {sorted(sources & NOT_SHIPPED)}"

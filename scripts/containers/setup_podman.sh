@@ -22,7 +22,7 @@ if [ "${#need[@]}" -gt 0 ]; then
     # debootstrap + keyring to build a local base image (scripts/containers/base_image.sh).
     apt-get install -y -qq --no-install-recommends \
         podman runc conmon netavark aardvark-dns slirp4netns fuse-overlayfs \
-        uidmap iptables catatonit debootstrap debian-archive-keyring ca-certificates > /dev/null
+        uidmap iptables iproute2 catatonit debootstrap debian-archive-keyring ca-certificates > /dev/null
 fi
 
 mkdir -p /etc/containers
