@@ -40,11 +40,12 @@ results: $(STAMP)
 	$(BIN)/raee eval --data-root $(DATA) --train-limit 2000 --out docs/results
 
 # The container image (Dockerfile), built from a wheelhouse prepared here so that
-# the build itself needs no index. BASE_IMAGE=localhost/raee-base:bookworm where no
-# registry is reachable (scripts/containers/base_image.sh builds it from Debian).
+# the build itself needs no index. BASE_IMAGE: the Dockerfile's default (a registry
+# image), or "$(scripts/containers/base_image.sh)", which builds one from Debian
+# packages where no registry is reachable.
 CONTAINER_ENGINE ?= $(shell command -v podman > /dev/null && echo podman || echo docker)
 IMAGE ?= localhost/raee:dev
-BASE_IMAGE ?= docker.io/library/python:3.11.13-slim-bookworm
+BASE_IMAGE ?= $(shell sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
 IMAGE_BUILD = $(CONTAINER_ENGINE) build --build-arg BASE_IMAGE=$(BASE_IMAGE)
 
 wheelhouse: $(STAMP)
