@@ -130,6 +130,9 @@ def _converted_gguf(gguf_path: Path, dtype: torch.dtype, sha256: str | None = No
     logger.info("converting %s to safetensors once (about a minute); cached at %s", gguf_path, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    # mkdtemp makes it 0700: readable by the converting user only. A cache converted
+    # at image build time (root) is read by the services' uid.
+    staging.chmod(0o755)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=dtype)

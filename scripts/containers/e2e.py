@@ -356,7 +356,10 @@ class Run:
         """Seconds from ``began`` to SERVING of the service the readiness probe asks for."""
         spec = pod_spec(docs, "Deployment", workload)
         service = str(spec["containers"][0]["readinessProbe"]["grpc"].get("service", ""))
-        wait_serving(port, service, 600, running(self.engine, name))
+        try:
+            wait_serving(port, service, 600, running(self.engine, name))
+        except (RuntimeError, TimeoutError) as error:
+            raise RuntimeError(f"{name}: {error}; its log ends:\n{self.engine.logs(name, 15)}") from None
         return time.monotonic() - began
 
     def run(self) -> bool:
