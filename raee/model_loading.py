@@ -130,9 +130,6 @@ def _converted_gguf(gguf_path: Path, dtype: torch.dtype, sha256: str | None = No
     logger.info("converting %s to safetensors once (about a minute); cached at %s", gguf_path, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    # mkdtemp makes it 0700: readable by the converting user only. A cache converted
-    # at image build time (root) is read by the services' uid.
-    staging.chmod(0o755)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=dtype)
@@ -143,6 +140,7 @@ def _converted_gguf(gguf_path: Path, dtype: torch.dtype, sha256: str | None = No
             del model.config.quantization_config
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        _readable_by_all(staging)
         try:
             os.replace(staging, target)
         except OSError:  # another process finished the same conversion first
@@ -151,3 +149,11 @@ def _converted_gguf(gguf_path: Path, dtype: torch.dtype, sha256: str | None = No
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _readable_by_all(folder: Path) -> None:
+    """mkdtemp makes the folder 0700 and safetensors writes 0600: readable by the converting
+    user only. A cache converted at image build time (root) is read by the services' uid."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)

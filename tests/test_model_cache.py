@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from raee.model_loading import converted_folder, file_sha256
+from raee.backbone import Backbone
+from raee.defaults import DEFAULT_BACKBONE
+from raee.model_loading import converted_folder, file_sha256, resolve_source
 from raee.paths import CACHE_ENV
 
 GGUF_BYTES = b"GGUF" + bytes(range(256)) * 64
@@ -126,3 +128,14 @@ def test_read_only_cache_refuses_a_conversion(cache: Path) -> None:
     assert refused.returncode != 0
     assert "PermissionError" in refused.stderr or "Read-only" in refused.stderr
     assert not converted_folder(gguf, torch.float32).exists()
+
+
+@pytest.mark.slow
+def test_the_converted_backbone_is_readable_by_every_user(gemma: Backbone) -> None:
+    """A cache converted by root at image build time is read by uid 10001 at run time."""
+    source = resolve_source(DEFAULT_BACKBONE)
+    folder = converted_folder(Path(source.path), torch.float32, source.sha256)
+    assert (folder / "config.json").is_file()
+    for path in [folder, *folder.rglob("*")]:
+        wanted = 0o555 if path.is_dir() else 0o444
+        assert path.stat().st_mode & wanted == wanted, f"{path} is {oct(path.stat().st_mode)}"
