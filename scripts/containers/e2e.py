@@ -163,10 +163,25 @@ def running(engine: Engine, name: str) -> Callable[[], bool]:
     return alive
 
 
-async def classify_all(port: int, task: str, texts: Sequence[str]) -> list[tuple[str, int]]:
+async def classify_all(
+    port: int, task: str, texts: Sequence[str], attempts: int = 5
+) -> list[tuple[str, int]]:
+    """(label, exit layer) of each text, from the worker on 127.0.0.1:port.
+
+    A degraded answer (the retrieval call missed its deadline, so full depth: the
+    first calls on a loaded machine) is asked again, up to ``attempts`` times.
+    """
+    answers = []
     async with InferenceClient(f"127.0.0.1:{port}") as client:
-        answers = [await client.classify(task, text, "raee", None, None) for text in texts]
-    return [(answer.label, answer.exit_layer) for answer in answers]
+        for text in texts:
+            for _ in range(attempts):
+                answer = await client.classify(task, text, "raee", None, None)
+                if not answer.degraded:
+                    break
+            else:
+                raise RuntimeError(f"{text!r}: degraded {attempts} times ({answer.degraded_reason})")
+            answers.append((answer.label, answer.exit_layer))
+    return answers
 
 
 def host_classify(store: Path, task: str, texts: Sequence[str]) -> list[tuple[str, int]]:
@@ -179,11 +194,15 @@ def host_classify(store: Path, task: str, texts: Sequence[str]) -> list[tuple[st
         "set -e; ip link set lo up; "
         f'"{raee}" up --home "$1" --retrieval-port 50051 --inference-port 50052 > "$2" 2>&1 & up=$!; '
         "shift 2; task=$1; shift; "
+        f'classify() {{ "{raee}" classify --json --addr 127.0.0.1:50052 --task "$task" "$@" > "$OUT"; }}; '
         "for i in $(seq 600); do "
-        f'  if "{raee}" classify --json --addr 127.0.0.1:50052 --task "$task" "$@" > "$OUT" 2> /dev/null; '
-        "  then kill -TERM $up; wait $up || true; exit 0; fi; "
+        '  if classify "$@" 2> /dev/null; then break; fi; '
         "  kill -0 $up || exit 3; sleep 0.5; "
-        "done; kill $up; exit 4"
+        "done; "
+        # As in the containers' case: degraded answers (a missed retrieval deadline) are asked again.
+        'for i in 1 2 3 4 5; do grep -q \'"degraded": true\' "$OUT" || break; classify "$@"; done; '
+        "kill -TERM $up; wait $up || true; "
+        'if grep -q \'"degraded": true\' "$OUT"; then exit 5; fi'
     )
     with tempfile.TemporaryDirectory() as scratch:
         out, log = Path(scratch, "answers.jsonl"), Path(scratch, "up.log")
@@ -558,6 +577,7 @@ class Run:
             if "Read-only" not in writable:
                 raise AssertionError(f"the cache is writable: {writable!r}")
             note["detail"] = f"SERVING in {seconds:.1f} s, answered {answers}, cache read-only"
+        engine.run("rmi", "--force", truncated, check=False)  # 1.3 GB of copied-up cache
 
     def _truncate_mtimes(self, tag: str) -> None:
         """An image whose cache files have whole-second mtimes, as a registry round trip leaves them."""
