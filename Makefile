@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 
-.PHONY: install demo test lint k8s-check proto bench results clean
+.PHONY: install demo test lint k8s-check proto bench results clean wheelhouse image image-baked e2e-containers
 
 install: $(STAMP) $(CHECKOV_STAMP)
 
@@ -53,5 +53,28 @@ results: $(STAMP)
 		--out docs/results/ingest_and_query.json
 	$(BIN)/raee eval --data-root $(DATA) --train-limit 2000 --out docs/results
 
+# The container image (Dockerfile), built from a wheelhouse prepared here so that
+# the build itself needs no index. BASE_IMAGE: the Dockerfile's default (a registry
+# image), or "$(containers/base_image.sh)", which builds one from Debian
+# packages where no registry is reachable.
+CONTAINER_ENGINE ?= $(shell command -v podman > /dev/null && echo podman || echo docker)
+IMAGE ?= localhost/raee:dev
+BASE_IMAGE ?= $(shell sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)
+IMAGE_BUILD = $(CONTAINER_ENGINE) build --build-arg BASE_IMAGE=$(BASE_IMAGE)
+
+wheelhouse: $(STAMP)
+	PYTHON=$(BIN)/python containers/wheelhouse.sh
+
+image: wheelhouse
+	$(IMAGE_BUILD) -t $(IMAGE) .
+
+image-baked: wheelhouse
+	$(IMAGE_BUILD) --build-arg BAKE_WEIGHTS=1 -t $(IMAGE)-baked .
+
+# Both images, then the services in containers the way k8s/base runs them
+# (containers/e2e.py; needs podman: containers/setup_podman.sh).
+e2e-containers: image image-baked
+	$(BIN)/python containers/e2e.py --engine $(CONTAINER_ENGINE) --image $(IMAGE)
+
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .raee .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .raee .pytest_cache .mypy_cache .ruff_cache wheelhouse/*.whl
