@@ -59,13 +59,15 @@ async def call(method: object, request: object) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+# Async fixtures: a grpc.aio channel must be made inside the running loop (a sync fixture
+# finds no current loop once an earlier test's asyncio.run() has closed its own).
 @pytest.fixture(scope="module")
-def inference_stub(pair: ServicePair) -> inference_pb2_grpc.InferenceServiceStub:
+async def inference_stub(pair: ServicePair) -> inference_pb2_grpc.InferenceServiceStub:
     return inference_pb2_grpc.InferenceServiceStub(grpc.aio.insecure_channel(pair.inference_address))
 
 
 @pytest.fixture(scope="module")
-def retrieval_stub(pair: ServicePair) -> retrieval_pb2_grpc.RetrievalServiceStub:
+async def retrieval_stub(pair: ServicePair) -> retrieval_pb2_grpc.RetrievalServiceStub:
     return retrieval_pb2_grpc.RetrievalServiceStub(grpc.aio.insecure_channel(pair.retrieval_address))
 
 
