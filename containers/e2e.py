@@ -66,6 +66,7 @@ class Report:
 
     results: list[tuple[str, bool, float, str]] = field(default_factory=list)
     figures: dict[str, float] = field(default_factory=dict)
+    began: float = field(default_factory=time.monotonic)
 
     @contextmanager
     def check(self, name: str) -> Iterator[dict[str, str]]:
@@ -87,7 +88,7 @@ class Report:
             sys.stdout.flush()
 
     def summary(self) -> bool:
-        print("\n== e2e-containers summary")
+        print(f"\n== e2e-containers summary ({time.monotonic() - self.began:.0f} s in all)")
         for name, value in self.figures.items():
             print(f"  {name}: {value:.1f} s")
         for name, ok, seconds, detail in self.results:
@@ -563,7 +564,7 @@ class Run:
             began = self.start_retrieval(
                 truncated, self.baked, "raee-e2e-retrieval-baked", self.ports["retrieval"]
             )
-            self.serving(
+            report.figures["baked retrieval start -> SERVING"] = self.serving(
                 "raee-e2e-retrieval-baked", began, self.ports["retrieval"], self.baked, "raee-retrieval"
             )
             port = self.ports["inference-baked"]
