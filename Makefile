@@ -7,10 +7,14 @@ STAMP := $(VENV)/.installed-stamp
 # own: it pins packaging, networkx and python-dateutil below the versions constraints.txt pins.
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
+# tritonclient (the independent Open Inference Protocol client the tests drive the worker with)
+# gets one too: tritonclient[grpc] pins protobuf<7 and constraints.txt pins protobuf 7.
+TRITON_VENV ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
 .PHONY: install demo test lint k8s-check proto bench results clean
 
-install: $(STAMP) $(CHECKOV_STAMP)
+install: $(STAMP) $(CHECKOV_STAMP) $(TRITON_STAMP)
 
 # torch comes first, from the CPU wheel: anything that pulls torch in later would
 # otherwise fetch a multi-GB CUDA build.
@@ -26,10 +30,15 @@ $(CHECKOV_STAMP): constraints-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install -q -c constraints-checkov.txt checkov
 	touch $(CHECKOV_STAMP)
 
+$(TRITON_STAMP): constraints-triton.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q -c constraints-triton.txt 'tritonclient[grpc,http]'
+	touch $(TRITON_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/raee demo
 
-test: $(STAMP) $(CHECKOV_STAMP)
+test: $(STAMP) $(CHECKOV_STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -54,4 +63,4 @@ results: $(STAMP)
 	$(BIN)/raee eval --data-root $(DATA) --train-limit 2000 --out docs/results
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .raee .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) $(TRITON_VENV) .raee .pytest_cache .mypy_cache .ruff_cache

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 
 from grpc import aio
 
+from inference_service import oip_servicer
 from inference_service.batcher import MicroBatcher
+from inference_service.catalog import TaskCatalog
 from inference_service.servicer import SERVICE_NAME, InferenceServicer
 from inference_service.worker import InferenceWorker
 from raee.backbone import Backbone
+from raee.oip import grpc_predict_v2_pb2_grpc
 from raee.serving.metrics import serve_metrics
 from raee.serving.security import ServerSecurity, bearer_metadata, channel_credentials, open_channel
 from raee.serving.server import (
@@ -49,10 +52,18 @@ class InferenceServer:
 async def start(settings: InferenceSettings, *, backbone: Backbone | None = None) -> InferenceServer:
     """Start serving at once (NOT_SERVING), load the backbone, then report SERVING."""
     servicer = InferenceServicer(settings)
+    oip = oip_servicer.OipRunner(settings)
+
+    def register(server: aio.Server) -> None:
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            oip_servicer.OipServicer(oip), server
+        )
+
     running = await start_server(
         port=settings.port,
-        register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server),
-        service_names=[SERVICE_NAME],
+        register=register,
+        service_names=[SERVICE_NAME, oip_servicer.SERVICE_NAME],
         security=ServerSecurity.of(settings),
     )
     logger.info("inference worker listening on port %d; loading backbone", running.port)
@@ -84,6 +95,9 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
     )
     batcher.start()
     servicer.batcher = batcher
+    catalog = TaskCatalog(retrieval, str(backbone.id), ttl_s=settings.task_ttl_s)
+    servicer.catalog = oip.catalog = catalog
+    oip.batcher = batcher
     await running.set_serving(True)
     logger.info("inference worker SERVING %s (retrieval at %s)", backbone.id, settings.retrieval_addr)
     return InferenceServer(running, batcher, worker, channel)
