@@ -11,6 +11,7 @@ from grpc import aio
 from inference_service import oip_servicer
 from inference_service.batcher import MicroBatcher
 from inference_service.catalog import TaskCatalog
+from inference_service.rest import RestServer, start_rest
 from inference_service.servicer import SERVICE_NAME, InferenceServicer
 from inference_service.worker import InferenceWorker
 from raee.backbone import Backbone
@@ -37,12 +38,20 @@ class InferenceServer:
     batcher: MicroBatcher[WorkItem, Outcome]
     worker: InferenceWorker
     channel: aio.Channel
+    rest: RestServer | None = None
 
     @property
     def port(self) -> int:
         return self.running.port
 
+    @property
+    def http_port(self) -> int | None:
+        """The REST port, or None when it is off."""
+        return self.rest.port if self.rest is not None else None
+
     async def stop(self, grace_s: float) -> None:
+        if self.rest is not None:
+            await self.rest.stop(grace_s)
         await self.running.stop(grace_s)
         await self.batcher.close()
         self.worker.close()
@@ -66,6 +75,11 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
         service_names=[SERVICE_NAME, oip_servicer.SERVICE_NAME],
         security=ServerSecurity.of(settings),
     )
+    try:
+        rest = await start_rest(oip)
+    except BaseException:
+        await running.stop(0)
+        raise
     logger.info("inference worker listening on port %d; loading backbone", running.port)
     if backbone is None:
         backbone = await asyncio.to_thread(Backbone.load, settings.backbone)
@@ -100,7 +114,7 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
     oip.batcher = batcher
     await running.set_serving(True)
     logger.info("inference worker SERVING %s (retrieval at %s)", backbone.id, settings.retrieval_addr)
-    return InferenceServer(running, batcher, worker, channel)
+    return InferenceServer(running, batcher, worker, channel, rest)
 
 
 async def serve(settings: InferenceSettings) -> None:

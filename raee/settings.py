@@ -121,6 +121,14 @@ class InferenceSettings(ServiceSettings):
     metrics_port: Port = env(
         "RAEE_INFERENCE_METRICS_PORT", 9102, "Prometheus /metrics port (0: off)", ge=0, le=65535
     )
+    http_port: int = env(
+        "RAEE_INFERENCE_HTTP_PORT",
+        8000,
+        "REST port: OIP v2 HTTP and /v1/classify (0: any free port, -1: off)",
+        ge=-1,
+        le=65535,
+    )
+    http_host: str = env("RAEE_INFERENCE_HTTP_HOST", "0.0.0.0", "address the REST port listens on")
     retrieval_addr: str = env(
         "RAEE_RETRIEVAL_ADDR", "localhost:50051", "retrieval service host:port (or a gRPC target URI)"
     )

@@ -303,7 +303,8 @@ async def _run_up(retrieval: RetrievalSettings, inference: InferenceSettings) ->
     serve_metrics(retrieval.metrics_port)
     pair = await start_pair(retrieval, inference)
     print(
-        f"raee up: inference worker on {pair.inference_address}, retrieval service on "
+        f"raee up: inference worker on {pair.inference_address} (REST {pair.http_url or 'off'}), "
+        f"retrieval service on "
         f"{pair.retrieval_address}, metrics on :{retrieval.metrics_port}; Ctrl-C stops",
         flush=True,
     )

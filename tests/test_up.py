@@ -42,10 +42,12 @@ def up(
     run_ingest(
         demo_spec, examples, backbone=gemma, encoder=encoder, store=open_store(home=home), progress=False
     )
-    ports = {name: free_port() for name in ("retrieval", "inference", "metrics")}
+    ports = {name: free_port() for name in ("retrieval", "inference", "metrics", "http")}
     env = {
         **os.environ,
         "RAEE_RETRIEVAL_METRICS_PORT": str(ports["metrics"]),
+        "RAEE_INFERENCE_HTTP_PORT": str(ports["http"]),
+        "RAEE_INFERENCE_HTTP_HOST": "127.0.0.1",
         "RAEE_GRACE_S": "20",
         "PYTHONUNBUFFERED": "1",
     }
@@ -155,7 +157,7 @@ def test_services_as_separate_processes_configured_by_env(
         ).returncode
         == 0
     )
-    retrieval_port, inference_port = free_port(), free_port()
+    retrieval_port, inference_port, http_port = free_port(), free_port(), free_port()
     base = {**os.environ, "RAEE_GRACE_S": "5"}
     retrieval = subprocess.Popen(
         [sys.executable, "-m", "raee_cli.main", "serve", "retrieval"],
@@ -172,6 +174,8 @@ def test_services_as_separate_processes_configured_by_env(
             **base,
             "RAEE_INFERENCE_PORT": str(inference_port),
             "RAEE_INFERENCE_METRICS_PORT": "0",
+            "RAEE_INFERENCE_HTTP_PORT": str(http_port),
+            "RAEE_INFERENCE_HTTP_HOST": "127.0.0.1",
             "RAEE_RETRIEVAL_ADDR": f"localhost:{retrieval_port}",
         },
     )

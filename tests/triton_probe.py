@@ -53,11 +53,11 @@ def main() -> None:
             for n in ("label", "probabilities", "exit_layer", "degraded", "label_names")
         ]
     result = client.infer(args.task, [text], outputs=outputs, parameters=parameters or None, headers=headers)
-    out["label"] = [v.decode() for v in result.as_numpy("label").tolist()]
+    out["label"] = [_text(v) for v in result.as_numpy("label").tolist()]
     out["probabilities"] = result.as_numpy("probabilities").tolist()
     out["exit_layer"] = result.as_numpy("exit_layer").tolist()
     out["degraded"] = result.as_numpy("degraded").tolist()
-    out["label_names"] = [v.decode() for v in result.as_numpy("label_names").tolist()]
+    out["label_names"] = [_text(v) for v in result.as_numpy("label_names").tolist()]
     out["model_version"] = (
         result.get_response()["model_version"]
         if args.protocol == "http"
@@ -71,6 +71,11 @@ def main() -> None:
     except triton.InferenceServerException as error:  # type: ignore[attr-defined]
         out["bad_datatype"] = f"{error.status()} {error.message()}"
     json.dump(out, sys.stdout)
+
+
+def _text(value: bytes | str) -> str:
+    """BYTES elements: bytes from binary or gRPC tensors, str from JSON ones."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _to_json(message: object) -> str:
