@@ -26,6 +26,14 @@ from raee.tasks import TaskSpec
 from raee_cli.client import InferenceClient
 from raee_cli.demo import DEMO_DIR
 
+# `raee classify` imports the slim client, which an install maps from clients/python.
+CLIENT_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent / "clients" / "python"), os.environ.get("PYTHONPATH", "")]
+    ),
+}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -101,6 +109,7 @@ def test_classify_command_and_metrics(
         text=True,
         timeout=120,
         check=True,
+        env=CLIENT_ENV,
     )
     label, exit_part, *_ = result.stdout.split("\t")
     assert label in demo_spec.label_names
