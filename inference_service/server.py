@@ -13,6 +13,7 @@ from inference_service.batcher import MicroBatcher
 from inference_service.catalog import TaskCatalog
 from inference_service.rest import RestServer, start_rest
 from inference_service.servicer import SERVICE_NAME, InferenceServicer
+from inference_service.signals import InstrumentedBatcher, warm_up
 from inference_service.worker import InferenceWorker
 from raee.backbone import Backbone
 from raee.oip import grpc_predict_v2_pb2_grpc
@@ -101,7 +102,7 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
         metadata=bearer_metadata(settings.retrieval_token.get_secret_value()),
     )
     worker = InferenceWorker(backbone, retrieval, task_ttl_s=settings.task_ttl_s)
-    batcher: MicroBatcher[WorkItem, Outcome] = MicroBatcher(
+    batcher: MicroBatcher[WorkItem, Outcome] = InstrumentedBatcher(
         worker.process,
         max_batch=settings.max_batch,
         max_wait_s=settings.max_wait_ms / 1000,
@@ -112,6 +113,8 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
     catalog = TaskCatalog(retrieval, str(backbone.id), ttl_s=settings.task_ttl_s)
     servicer.catalog = oip.catalog = catalog
     oip.batcher = batcher
+    seconds = await asyncio.to_thread(warm_up, backbone, settings.max_batch)
+    logger.info("warm-up: one full-depth batch of %d texts in %.2f s", settings.max_batch, seconds)
     await running.set_serving(True)
     logger.info("inference worker SERVING %s (retrieval at %s)", backbone.id, settings.retrieval_addr)
     return InferenceServer(running, batcher, worker, channel, rest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from raee.encoder import QueryEncoder
@@ -49,6 +50,9 @@ async def start(settings: RetrievalSettings, *, encoder: QueryEncoder | None = N
     if encoder is None:
         encoder = await asyncio.to_thread(QueryEncoder, settings.encoder)
     servicer.engine = RetrievalEngine(store, encoder)
+    started = time.perf_counter()
+    await asyncio.to_thread(encoder.encode, ["warm-up: one encoder pass before SERVING"])
+    logger.info("warm-up: one encoder pass in %.3f s", time.perf_counter() - started)
     await running.set_serving(True)
     logger.info("retrieval service SERVING (store %s, encoder %s)", store.location, encoder.id)
     return RetrievalServer(running, servicer, store)
