@@ -17,6 +17,7 @@ from inference_service.signals import InstrumentedBatcher, warm_up
 from inference_service.worker import InferenceWorker
 from raee.backbone import Backbone
 from raee.oip import grpc_predict_v2_pb2_grpc
+from raee.serving import tracing
 from raee.serving.metrics import serve_metrics
 from raee.serving.security import ServerSecurity, bearer_metadata, channel_credentials, open_channel
 from raee.serving.server import (
@@ -25,7 +26,7 @@ from raee.serving.server import (
     start_server,
     wait_for_shutdown_signal,
 )
-from raee.settings import InferenceSettings
+from raee.settings import InferenceSettings, TracingSettings, load
 from raee.v1 import inference_pb2_grpc, retrieval_pb2_grpc
 from raee.wire.inference import Outcome, WorkItem
 from raee.wire.retrieval import RetrievalClient
@@ -95,6 +96,7 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
         target,
         credentials,
         [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.lb_policy_name", "round_robin")],
+        tracing.client_interceptors(),  # the trace context travels worker -> retrieval
     )
     retrieval = RetrievalClient(
         retrieval_pb2_grpc.RetrievalServiceStub(channel),
@@ -122,6 +124,7 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
 
 async def serve(settings: InferenceSettings) -> None:
     serve_metrics(settings.metrics_port)
+    tracing.setup("raee-inference", load(TracingSettings))
     server = await start(settings)
     await wait_for_shutdown_signal()
     await server.stop(settings.grace_s)

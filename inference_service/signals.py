@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from prometheus_client import Gauge, Histogram
 
 from inference_service.batcher import MicroBatcher
 from raee.backbone import Backbone
+from raee.serving import tracing
 from raee.serving.metrics import LATENCY_BUCKETS
 from raee.tasks import TaskSpec
 from raee.wire.inference import Outcome, WorkItem
@@ -40,6 +42,7 @@ Process = Callable[[Sequence[WorkItem]], Awaitable[Sequence[Outcome | BaseExcept
 class InstrumentedBatcher(MicroBatcher[WorkItem, Outcome]):
     def __init__(self, process: Process, *, max_batch: int, max_wait_s: float, max_queue: int) -> None:
         self._waiting: dict[int, float] = {}  # id(item) -> submitted at
+        self._contexts: dict[int, tuple[Any, int]] = {}  # id(item) -> (trace context, submitted at, ns)
         super().__init__(
             self._instrumented(process), max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue
         )
@@ -47,12 +50,14 @@ class InstrumentedBatcher(MicroBatcher[WorkItem, Outcome]):
     async def submit(self, item: WorkItem) -> Outcome:
         key = id(item)
         self._waiting[key] = time.perf_counter()
+        self._contexts[key] = (tracing.current_context(), time.time_ns())
         QUEUE_SIZE.set(len(self._waiting))
         IN_FLIGHT.inc()
         try:
             return await super().submit(item)
         finally:
             IN_FLIGHT.dec()
+            self._contexts.pop(key, None)
             if self._waiting.pop(key, None) is not None:  # refused or cancelled before its batch
                 QUEUE_SIZE.set(len(self._waiting))
 
@@ -64,7 +69,17 @@ class InstrumentedBatcher(MicroBatcher[WorkItem, Outcome]):
                 if submitted is not None:
                     QUEUE_WAIT.observe(now - submitted)
             QUEUE_SIZE.set(len(self._waiting))
-            return await process(items)
+            # Each request's queue wait is a span of its own trace; the batch (its retrieval
+            # call and forward passes) runs in the first request's trace, linked to the others.
+            now_ns = time.time_ns()
+            contexts = [self._contexts.pop(id(item), (None, now_ns)) for item in items]
+            for context, submitted_ns in contexts:
+                tracing.record_span("queue wait", context, submitted_ns, now_ns)
+            with (
+                tracing.attached(contexts[0][0]),
+                tracing.span("micro-batch", links_from=[c for c, _ in contexts[1:]], size=len(items)),
+            ):
+                return await process(items)
 
         return run
 

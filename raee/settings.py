@@ -150,6 +150,18 @@ class InferenceSettings(ServiceSettings):
     retrieval_tls_key: str = env("RAEE_RETRIEVAL_TLS_KEY", "", "client key for mutual TLS")
 
 
+class TracingSettings(RaeeSettings):
+    """The standard OpenTelemetry variables that decide whether spans are exported (extra ``[otel]``).
+
+    The SDK reads the rest itself: ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_SERVICE_NAME``, ...
+    """
+
+    sdk_disabled: bool = env("OTEL_SDK_DISABLED", False, "OpenTelemetry: `true` turns tracing off")
+    traces_exporter: Literal["otlp", "console", "none"] = env(
+        "OTEL_TRACES_EXPORTER", "otlp", "OpenTelemetry span exporter (with the [otel] extra installed)"
+    )
+
+
 class ClientSettings(RaeeSettings):
     client_token: SecretStr = env(
         "RAEE_CLIENT_TOKEN", SecretStr(""), "bearer token `raee classify` sends to the inference worker"
@@ -164,6 +176,7 @@ ALL_SETTINGS: tuple[type[RaeeSettings], ...] = (
     PathSettings,
     LogSettings,
     ClientSettings,
+    TracingSettings,
 )
 
 

@@ -35,6 +35,7 @@ from raee.settings import (
     InferenceSettings,
     LogSettings,
     RetrievalSettings,
+    TracingSettings,
     load,
 )
 from raee.tasks import TaskSpec
@@ -299,11 +300,13 @@ def _up(args: argparse.Namespace) -> int:
 
 
 async def _run_up(retrieval: RetrievalSettings, inference: InferenceSettings) -> None:
+    from raee.serving import tracing
     from raee.serving.metrics import serve_metrics
     from raee.serving.server import wait_for_shutdown_signal
     from raee_cli.pair import start_pair
 
     serve_metrics(retrieval.metrics_port)
+    tracing.setup("raee", load(TracingSettings))
     pair = await start_pair(retrieval, inference)
     print(
         f"raee up: inference worker on {pair.inference_address} (REST {pair.http_url or 'off'}), "

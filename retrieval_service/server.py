@@ -8,10 +8,11 @@ import time
 from dataclasses import dataclass
 
 from raee.encoder import QueryEncoder
+from raee.serving import tracing
 from raee.serving.metrics import serve_metrics
 from raee.serving.security import ServerSecurity
 from raee.serving.server import RunningServer, start_server, wait_for_shutdown_signal
-from raee.settings import RetrievalSettings
+from raee.settings import RetrievalSettings, TracingSettings, load
 from raee.store import ExitStore, open_store_from
 from raee.v1 import retrieval_pb2_grpc
 from retrieval_service.engine import RetrievalEngine
@@ -60,6 +61,7 @@ async def start(settings: RetrievalSettings, *, encoder: QueryEncoder | None = N
 
 async def serve(settings: RetrievalSettings) -> None:
     serve_metrics(settings.metrics_port)
+    tracing.setup("raee-retrieval", load(TracingSettings))
     server = await start(settings)
     await wait_for_shutdown_signal()
     await server.stop(settings.grace_s)
