@@ -372,7 +372,7 @@ async def run_eval(
     store = open_store(home=home)
     pair = await start_pair(
         RetrievalSettings(port=0, metrics_port=0, home=home),
-        InferenceSettings(port=0, metrics_port=0),
+        InferenceSettings(port=0, metrics_port=0, http_port=-1),
         backbone=backbone,
         encoder=encoder,
     )
