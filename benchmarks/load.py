@@ -39,7 +39,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     texts = [e.text for e in read_valid(args.data, spec)]
     pair = await start_pair(
         RetrievalSettings(port=0, metrics_port=0, home=args.home),
-        InferenceSettings(port=0, metrics_port=0),
+        InferenceSettings(port=0, metrics_port=0, http_port=-1),
     )
     latencies: list[float] = []
     errors: collections.Counter[str] = collections.Counter()

@@ -416,7 +416,9 @@ async def run_eval(
     store = open_store(home=home)
     pair = await start_pair(
         RetrievalSettings(port=0, metrics_port=0, home=home),
-        InferenceSettings(port=0, metrics_port=0, retrieval_timeout_ms=EVAL_RETRIEVAL_TIMEOUT_MS),
+        InferenceSettings(
+            port=0, metrics_port=0, http_port=-1, retrieval_timeout_ms=EVAL_RETRIEVAL_TIMEOUT_MS
+        ),
         backbone=backbone,
         encoder=encoder,
     )

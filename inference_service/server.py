@@ -9,10 +9,16 @@ from dataclasses import dataclass
 
 from grpc import aio
 
+from inference_service import oip_servicer
 from inference_service.batcher import MicroBatcher
+from inference_service.catalog import TaskCatalog
+from inference_service.rest import RestServer, start_rest
 from inference_service.servicer import SERVICE_NAME, InferenceServicer
+from inference_service.signals import InstrumentedBatcher, warm_up
 from inference_service.worker import InferenceWorker
 from raee.backbone import Backbone
+from raee.oip import grpc_predict_v2_pb2_grpc
+from raee.serving import tracing
 from raee.serving.metrics import serve_metrics
 from raee.serving.security import ServerSecurity, bearer_metadata, channel_credentials, open_channel
 from raee.serving.server import (
@@ -21,7 +27,7 @@ from raee.serving.server import (
     start_server,
     wait_for_shutdown_signal,
 )
-from raee.settings import InferenceSettings
+from raee.settings import InferenceSettings, TracingSettings, load
 from raee.v1 import inference_pb2_grpc, retrieval_pb2_grpc
 from raee.wire.inference import Outcome, WorkItem
 from raee.wire.retrieval import RetrievalClient
@@ -57,12 +63,20 @@ class InferenceServer:
     batcher: MicroBatcher[WorkItem, Outcome]
     worker: InferenceWorker
     channel: aio.Channel
+    rest: RestServer | None = None
 
     @property
     def port(self) -> int:
         return self.running.port
 
+    @property
+    def http_port(self) -> int | None:
+        """The REST port, or None when it is off."""
+        return self.rest.port if self.rest is not None else None
+
     async def stop(self, grace_s: float) -> None:
+        if self.rest is not None:
+            await self.rest.stop(grace_s)
         await self.running.stop(grace_s)
         await self.batcher.close()
         self.worker.close()
@@ -72,15 +86,28 @@ class InferenceServer:
 async def start(settings: InferenceSettings, *, backbone: Backbone | None = None) -> InferenceServer:
     """Start serving at once (NOT_SERVING), load the backbone, then report SERVING."""
     servicer = InferenceServicer(settings)
+    oip = oip_servicer.OipRunner(settings)
+
+    def register(server: aio.Server) -> None:
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            oip_servicer.OipServicer(oip), server
+        )
+
     running = await start_server(
         port=settings.port,
-        register=lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server),
-        service_names=[SERVICE_NAME],
+        register=register,
+        service_names=[SERVICE_NAME, oip_servicer.SERVICE_NAME],
         host=settings.listen_host,
         security=ServerSecurity.of(settings),
         max_connection_age_s=settings.max_connection_age_s,
         max_connection_age_grace_s=settings.max_connection_age_grace_s,
     )
+    try:
+        rest = await start_rest(oip)
+    except BaseException:
+        await running.stop(0)
+        raise
     logger.info("inference worker listening on port %d; loading backbone", running.port)
     if backbone is None:
         backbone = await asyncio.to_thread(Backbone.load, settings.backbone)
@@ -99,6 +126,7 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.service_config", RETRIEVAL_SERVICE_CONFIG),
         ],
+        tracing.client_interceptors(),  # the trace context travels worker -> retrieval
     )
     retrieval = RetrievalClient(
         retrieval_pb2_grpc.RetrievalServiceStub(channel),
@@ -106,7 +134,7 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
         metadata=bearer_metadata(settings.retrieval_token.get_secret_value()),
     )
     worker = InferenceWorker(backbone, retrieval, task_ttl_s=settings.task_ttl_s)
-    batcher: MicroBatcher[WorkItem, Outcome] = MicroBatcher(
+    batcher: MicroBatcher[WorkItem, Outcome] = InstrumentedBatcher(
         worker.process,
         max_batch=settings.max_batch,
         max_wait_s=settings.max_wait_ms / 1000,
@@ -114,13 +142,19 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
     )
     batcher.start()
     servicer.batcher = batcher
+    catalog = TaskCatalog(retrieval, str(backbone.id), ttl_s=settings.task_ttl_s)
+    servicer.catalog = oip.catalog = catalog
+    oip.batcher = batcher
+    seconds = await asyncio.to_thread(warm_up, backbone, settings.max_batch)
+    logger.info("warm-up: one full-depth batch of %d texts in %.2f s", settings.max_batch, seconds)
     await running.set_serving(True)
     logger.info("inference worker SERVING %s (retrieval at %s)", backbone.id, settings.retrieval_addr)
-    return InferenceServer(running, batcher, worker, channel)
+    return InferenceServer(running, batcher, worker, channel, rest)
 
 
 async def serve(settings: InferenceSettings) -> None:
     serve_metrics(settings.metrics_port)
+    tracing.setup("raee-inference", load(TracingSettings))
     server = await start(settings)
     await wait_for_shutdown_signal()
     await server.stop(settings.grace_s)

@@ -11,9 +11,10 @@ import asyncio
 from grpc import aio
 
 from inference_service.batcher import MicroBatcher
+from inference_service.catalog import TaskCatalog
 from raee.errors import UpstreamUnavailableError
 from raee.settings import InferenceSettings
-from raee.v1 import inference_pb2, inference_pb2_grpc
+from raee.v1 import common_pb2, inference_pb2, inference_pb2_grpc, retrieval_pb2
 from raee.wire.inference import (
     Outcome,
     WorkItem,
@@ -32,6 +33,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, settings: InferenceSettings) -> None:
         self.settings = settings
         self.batcher: MicroBatcher[WorkItem, Outcome] | None = None
+        self.catalog: TaskCatalog | None = None
 
     async def Classify(
         self, request: inference_pb2.ClassifyRequest, context: aio.ServicerContext
@@ -68,3 +70,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if self.batcher is None:
             raise UpstreamUnavailableError("the inference worker is still loading its backbone")
         return self.batcher
+
+    async def ListTasks(
+        self, request: retrieval_pb2.ListTasksRequest, context: aio.ServicerContext
+    ) -> retrieval_pb2.ListTasksResponse:
+        return retrieval_pb2.ListTasksResponse(tasks=await self._catalog().infos())
+
+    async def GetTask(
+        self, request: retrieval_pb2.GetTaskRequest, context: aio.ServicerContext
+    ) -> common_pb2.TaskInfo:
+        return await self._catalog().info(request.task)
+
+    def _catalog(self) -> TaskCatalog:
+        if self.catalog is None:
+            raise UpstreamUnavailableError("the inference worker is still loading its backbone")
+        return self.catalog

@@ -33,6 +33,7 @@ from raee.errors import (
     TaskNotFoundError,
     UpstreamUnavailableError,
 )
+from raee.serving import tracing
 from raee.serving.errors import code_name
 from raee.serving.metrics import BATCH_GROUPS, BATCH_SIZE, DEGRADED, EXIT_LAYER, GROUP_SIZE
 from raee.tasks import TaskSpec
@@ -160,7 +161,8 @@ class InferenceWorker:
         ]
         started = time.perf_counter()
         try:
-            answers = await self.retrieval.exit_plans(requests)
+            with tracing.span("retrieval", items=len(requests)):
+                answers = await self.retrieval.exit_plans(requests)
         except (UpstreamUnavailableError, RemoteError) as error:
             reason = error.reason if isinstance(error, UpstreamUnavailableError) else code_name(error.code)
             DEGRADED.labels(reason).inc()
@@ -214,9 +216,10 @@ class InferenceWorker:
             probe = self._probe(task_name, task)
             texts = [items[i].text for i in indices]
             try:
-                probabilities, forward_ms, too_long = await loop.run_in_executor(
-                    self._executor, _predict, probe, texts, exit_layer
-                )
+                with tracing.span("forward", task=task_name, exit_layer=exit_layer, size=len(indices)):
+                    probabilities, forward_ms, too_long = await loop.run_in_executor(
+                        self._executor, _predict, probe, texts, exit_layer
+                    )
             except Exception as error:
                 for i in indices:
                     results[i] = error

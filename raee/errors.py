@@ -43,6 +43,14 @@ class TaskNotFoundError(LookupError):
         self.task = task
 
 
+class VersionNotFoundError(TaskNotFoundError):
+    """A request named a task version that is not the one published now."""
+
+    def __init__(self, task: str, version: str, current: str) -> None:
+        LookupError.__init__(self, f"version: task {task!r} serves version {current}, not {version[:64]!r}")
+        self.task = task
+
+
 class StoreError(RuntimeError):
     """The store refused an operation (a concurrent writer, a corrupt manifest, ...)."""
 

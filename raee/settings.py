@@ -138,6 +138,14 @@ class InferenceSettings(ServiceSettings):
     metrics_port: Port = env(
         "RAEE_INFERENCE_METRICS_PORT", 9102, "Prometheus /metrics port (0: off)", ge=0, le=65535
     )
+    http_port: int = env(
+        "RAEE_INFERENCE_HTTP_PORT",
+        8000,
+        "REST port: OIP v2 HTTP and /v1/classify (0: any free port, -1: off)",
+        ge=-1,
+        le=65535,
+    )
+    http_host: str = env("RAEE_INFERENCE_HTTP_HOST", "0.0.0.0", "address the REST port listens on")
     retrieval_addr: str = env(
         "RAEE_RETRIEVAL_ADDR", "localhost:50051", "retrieval service host:port (or a gRPC target URI)"
     )
@@ -159,6 +167,18 @@ class InferenceSettings(ServiceSettings):
     retrieval_tls_key: str = env("RAEE_RETRIEVAL_TLS_KEY", "", "client key for mutual TLS")
 
 
+class TracingSettings(RaeeSettings):
+    """The standard OpenTelemetry variables that decide whether spans are exported (extra ``[otel]``).
+
+    The SDK reads the rest itself: ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_SERVICE_NAME``, ...
+    """
+
+    sdk_disabled: bool = env("OTEL_SDK_DISABLED", False, "OpenTelemetry: `true` turns tracing off")
+    traces_exporter: Literal["otlp", "console", "none"] = env(
+        "OTEL_TRACES_EXPORTER", "otlp", "OpenTelemetry span exporter (with the [otel] extra installed)"
+    )
+
+
 class ClientSettings(RaeeSettings):
     client_token: SecretStr = env(
         "RAEE_CLIENT_TOKEN", SecretStr(""), "bearer token `raee classify` sends to the inference worker"
@@ -173,6 +193,7 @@ ALL_SETTINGS: tuple[type[RaeeSettings], ...] = (
     PathSettings,
     LogSettings,
     ClientSettings,
+    TracingSettings,
 )
 
 

@@ -7,7 +7,7 @@ raee serve retrieval|inference   run one service
 raee up                          run both services on the embedded store
 raee publish --task T --version V --expect-shards N
                                  publish a sharded ingest once every shard is done
-raee classify --task T TEXT...   classify over gRPC
+raee classify --task T TEXT...   classify over gRPC (the slim raee_client; --file texts.jsonl)
 raee prepare                     convert and cache the backbone, check the encoder
 raee config                      every setting as this process sees it
 raee eval                        RAEE against its baselines (when the evaluation package is installed)
@@ -35,6 +35,7 @@ from raee.settings import (
     InferenceSettings,
     LogSettings,
     RetrievalSettings,
+    TracingSettings,
     load,
 )
 from raee.tasks import TaskSpec
@@ -148,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--json", action="store_true", help="machine-readable output")
     classify.add_argument("--tls-ca", default="", help="CA of the worker's certificate: use TLS")
     # The token comes from the environment only, so that it never shows in `ps`.
-    classify.add_argument("texts", nargs="+", metavar="TEXT")
+    classify.add_argument(
+        "--file", type=Path, default=None, help='JSONL: a string or {"text": ...} a line (ClassifyBatch)'
+    )
+    classify.add_argument("texts", nargs="*", metavar="TEXT")
     classify.set_defaults(handler=_classify)
 
     prepare = commands.add_parser("prepare", help="convert and cache the backbone, check the encoder")
@@ -306,14 +310,17 @@ def _up(args: argparse.Namespace) -> int:
 
 
 async def _run_up(retrieval: RetrievalSettings, inference: InferenceSettings) -> None:
+    from raee.serving import tracing
     from raee.serving.metrics import serve_metrics
     from raee.serving.server import wait_for_shutdown_signal
     from raee_cli.pair import start_pair
 
     serve_metrics(retrieval.metrics_port)
+    tracing.setup("raee", load(TracingSettings))
     pair = await start_pair(retrieval, inference)
     print(
-        f"raee up: inference worker on {pair.inference_address}, retrieval service on "
+        f"raee up: inference worker on {pair.inference_address} (REST {pair.http_url or 'off'}), "
+        f"retrieval service on "
         f"{pair.retrieval_address}, metrics on :{retrieval.metrics_port}; Ctrl-C stops",
         flush=True,
     )
@@ -326,28 +333,61 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 async def _run_classify(args: argparse.Namespace) -> int:
-    import grpc
-    from google.protobuf.json_format import MessageToDict
+    import dataclasses
 
-    from raee_cli.client import InferenceClient
+    from raee_client import Client, ItemError, RaeeError, Result
 
+    texts = list(args.texts)
+    if args.file is not None:
+        texts += _texts_of(args.file)
+    if not texts:
+        print("error: give TEXT arguments or --file", file=sys.stderr)
+        return 2
     token = load(ClientSettings).client_token.get_secret_value()
-    async with InferenceClient(args.addr, token=token, tls_ca=args.tls_ca) as client:
-        for text in args.texts:
-            try:
-                answer = await client.classify(args.task, text, args.mode, args.layer, args.k)
-            except grpc.aio.AioRpcError as error:
-                print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-                return 1
-            if args.json:
-                print(json.dumps(MessageToDict(answer, preserving_proto_field_name=True)))
-                continue
+    failed = False
+    with Client(args.addr, token=token, tls_ca=args.tls_ca) as client:
+        try:
+            # One text: one Classify call; more: ClassifyBatch calls (classify_many chunks them).
+            answers: list[Result | ItemError] = (
+                [await asyncio.to_thread(client.classify, args.task, texts[0], args.mode, args.layer, args.k)]
+                if len(texts) == 1
+                else await asyncio.to_thread(
+                    client.classify_many, args.task, texts, args.mode, args.layer, args.k
+                )
+            )
+        except RaeeError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    for text, answer in zip(texts, answers, strict=True):
+        if isinstance(answer, ItemError):
+            print(f"error: text {answer.index + 1}: {answer.code}: {answer.message}", file=sys.stderr)
+            failed = True
+        elif args.json:
+            print(json.dumps({"text": text, **dataclasses.asdict(answer)}))
+        else:
             note = f"  DEGRADED ({answer.degraded_reason})" if answer.degraded else ""
             print(
                 f"{answer.label}\texit {answer.exit_layer}/{answer.num_layers}\t"
                 f"retrieval {answer.retrieval_ms:.1f} ms\tforward {answer.forward_ms:.1f} ms\t{text}{note}"
             )
-    return 0
+    return 1 if failed else 0
+
+
+def _texts_of(path: Path) -> list[str]:
+    """The texts of a JSONL file: one JSON string, or an object with a "text" field, a line."""
+    texts = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise SystemExit(f"error: {path}:{number}: not JSON") from None
+        text = row.get("text") if isinstance(row, dict) else row
+        if not isinstance(text, str):
+            raise SystemExit(f'error: {path}:{number}: expected a string or an object with a "text" string')
+        texts.append(text)
+    return texts
 
 
 def _config(args: argparse.Namespace) -> int:

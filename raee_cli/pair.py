@@ -23,6 +23,12 @@ class ServicePair:
         return f"localhost:{self.inference.port}"
 
     @property
+    def http_url(self) -> str | None:
+        """The worker's REST base URL, or None when its REST port is off."""
+        port = self.inference.http_port
+        return f"http://localhost:{port}" if port is not None else None
+
+    @property
     def retrieval_address(self) -> str:
         return f"localhost:{self.retrieval.port}"
 

@@ -32,6 +32,7 @@ USED_BY = {
     "PathSettings": "model loading",
     "LogSettings": "every command",
     "ClientSettings": "`raee classify`",
+    "TracingSettings": "`raee serve`, `up` (with the [otel] extra)",
 }
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from raee.encoder import QueryEncoder
+from raee.serving import tracing
 from raee.serving.metrics import serve_metrics
 from raee.serving.security import ServerSecurity
 from raee.serving.server import RunningServer, start_server, wait_for_shutdown_signal
-from raee.settings import RetrievalSettings
+from raee.settings import RetrievalSettings, TracingSettings, load
 from raee.store import ExitStore, open_store_from
 from raee.v1 import retrieval_pb2_grpc
 from retrieval_service.engine import RetrievalEngine
@@ -52,6 +54,9 @@ async def start(settings: RetrievalSettings, *, encoder: QueryEncoder | None = N
     if encoder is None:
         encoder = await asyncio.to_thread(QueryEncoder, settings.encoder)
     servicer.engine = RetrievalEngine(store, encoder)
+    started = time.perf_counter()
+    await asyncio.to_thread(encoder.encode, ["warm-up: one encoder pass before SERVING"])
+    logger.info("warm-up: one encoder pass in %.3f s", time.perf_counter() - started)
     await running.set_serving(True)
     logger.info("retrieval service SERVING (store %s, encoder %s)", store.location, encoder.id)
     return RetrievalServer(running, servicer, store)
@@ -59,6 +64,7 @@ async def start(settings: RetrievalSettings, *, encoder: QueryEncoder | None = N
 
 async def serve(settings: RetrievalSettings) -> None:
     serve_metrics(settings.metrics_port)
+    tracing.setup("raee-retrieval", load(TracingSettings))
     server = await start(settings)
     await wait_for_shutdown_signal()
     await server.stop(settings.grace_s)

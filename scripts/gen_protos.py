@@ -1,4 +1,4 @@
-"""Generate the Python stubs of proto/ into raee/v1 (committed; tests/test_protos.py checks they are fresh).
+"""Generate the stubs of proto/ into raee/v1 and raee/oip (committed; tests/test_protos.py checks them).
 
 python scripts/gen_protos.py [--out DIR]
 """
@@ -15,10 +15,11 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
+PACKAGES = ("raee/v1", "raee/oip")  # raee.v1: the native API; raee.oip: KServe's Open Inference Protocol
 
 
 def generate(out: Path) -> list[Path]:
-    protos = sorted(PROTO_DIR.glob("raee/v1/*.proto"))
+    protos = sorted(PROTO_DIR.glob("raee/*/*.proto"))
     include = str(files("grpc_tools") / "_proto")
     args = [
         "protoc",
@@ -33,11 +34,11 @@ def generate(out: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    package = out / "raee" / "v1"
-    (package / "__init__.py").write_text(
-        '"""Generated gRPC stubs of proto/raee/v1 (scripts/gen_protos.py)."""\n'
-    )
-    return sorted(package.iterdir())
+    for package in PACKAGES:
+        (out / package / "__init__.py").write_text(
+            f'"""Generated stubs of proto/{package} (scripts/gen_protos.py)."""\n'
+        )
+    return sorted(path for package in PACKAGES for path in (out / package).iterdir())
 
 
 def _plugin(name: str) -> Path:

@@ -109,7 +109,9 @@ async def start_demo_pair(
     """Both services on localhost ports picked by the OS, sharing the session's models."""
     return await start_pair(
         RetrievalSettings(port=0, metrics_port=0, home=str(home)),
-        InferenceSettings(**{"port": 0, "metrics_port": 0, "max_wait_ms": 20.0, **inference}),  # type: ignore[arg-type]
+        InferenceSettings(
+            **{"port": 0, "metrics_port": 0, "http_port": -1, "max_wait_ms": 20.0, **inference}
+        ),  # type: ignore[arg-type]
         backbone=gemma,
         encoder=encoder,
     )

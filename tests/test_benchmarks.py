@@ -66,3 +66,10 @@ def test_a_benchmark_refuses_invalid_data(served_home: Path, tmp_path: Path) -> 
     with pytest.raises(subprocess.CalledProcessError) as failed:
         run_benchmark("retrieval_overhead", *args, out=tmp_path / "r.json")
     assert b"1 invalid rows" in failed.value.stderr
+
+
+def test_protocols_benchmark_compares_every_protocol(served_home: Path, tmp_path: Path) -> None:
+    report = run_benchmark("protocols", "--home", str(served_home), "--rounds", "8", out=tmp_path / "p.json")
+    protocols = {"native", "oip_grpc", "oip_rest", "rest_classify"}
+    assert set(report["batch1_p50_ms"]) == protocols and report["same_labels"]
+    assert report["p50_ratio_to_native"]["native"] == 1.0

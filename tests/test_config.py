@@ -108,7 +108,7 @@ def test_the_configuration_reference_is_generated_from_the_settings() -> None:
     assert render() in doc, (
         "docs/configuration.md is stale: run raee config --write-reference docs/configuration.md"
     )
-    documented = set(re.findall(r"^\| `(RAEE_[A-Z0-9_]+)` \|", doc, flags=re.M))
+    documented = set(re.findall(r"^\| `((?:RAEE|OTEL)_[A-Z0-9_]+)` \|", doc, flags=re.M))
     assert documented == env_keys()
     assert {kind.__name__ for kind in ALL_SETTINGS} <= set(re.findall(r"`(\w+Settings)`", doc))
 

@@ -1,4 +1,4 @@
-"""The committed stubs in raee/v1 are exactly what scripts/gen_protos.py makes of proto/."""
+"""The committed stubs in raee/v1 and raee/oip are exactly what scripts/gen_protos.py makes of proto/."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_generated_stubs_are_fresh(tmp_path: Path) -> None:
     sys.modules["gen_protos"] = module
     spec.loader.exec_module(module)
     generated = module.generate(tmp_path)
-    committed = sorted((ROOT / "raee" / "v1").glob("*.py*"))
-    assert [p.name for p in generated] == [p.name for p in committed]
+    committed = sorted(path for package in module.PACKAGES for path in (ROOT / package).glob("*.py*"))
+    assert [p.relative_to(tmp_path) for p in generated] == [p.relative_to(ROOT) for p in committed]
     stale = [p.name for p, c in zip(generated, committed, strict=True) if p.read_bytes() != c.read_bytes()]
     assert not stale, f"stale stubs {stale}: run `python scripts/gen_protos.py` and commit"

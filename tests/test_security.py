@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -122,6 +124,8 @@ async def secure_pair(
             auth_token=INFERENCE_TOKEN,
             tls_cert=pki["server_cert"],
             tls_key=pki["server_key"],
+            http_port=0,
+            http_host="127.0.0.1",
             retrieval_token=RETRIEVAL_TOKEN,
             retrieval_tls_ca=pki["ca"],
             retrieval_tls_cert=pki["client_cert"],
@@ -144,6 +148,30 @@ async def test_token_and_tls_end_to_end(
     # Not degraded: the worker reached the retrieval service over mutual TLS with its token.
     assert not answer.degraded
     assert answer.label in demo_spec.label_names
+
+
+async def test_rest_port_has_the_same_tls_and_token(
+    secure_pair: ServicePair, pki: dict[str, str], demo_spec: TaskSpec
+) -> None:
+    port = secure_pair.inference.http_port
+    body = {"task": demo_spec.name, "texts": ["a lovely film with a big heart ."]}
+    verify = ssl.create_default_context(cafile=pki["ca"])
+    async with httpx.AsyncClient(base_url=f"https://localhost:{port}", verify=verify, timeout=60) as http:
+        answer = await http.post(
+            "/v1/classify", json=body, headers={"authorization": f"Bearer {INFERENCE_TOKEN}"}
+        )
+        assert answer.status_code == 200 and answer.json()["results"][0]["label"] in demo_spec.label_names
+        for headers in (
+            {},
+            {"authorization": "Bearer wrong-token"},
+            {"authorization": f"Bearer {RETRIEVAL_TOKEN}"},
+        ):
+            refused = await http.post("/v1/classify", json=body, headers=headers)
+            assert refused.status_code == 401
+        assert (await http.get("/v2/health/ready")).status_code == 200  # probes need no token
+    async with httpx.AsyncClient(base_url=f"http://localhost:{port}", timeout=10) as plain:
+        with pytest.raises(httpx.HTTPError):
+            await plain.post("/v1/classify", json=body)
 
 
 @pytest.mark.parametrize("token", ["", "wrong-token", RETRIEVAL_TOKEN])
@@ -210,7 +238,7 @@ async def test_secrets_never_reach_logs_or_reprs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     retrieval = RetrievalSettings(port=0, metrics_port=0, home=str(home), auth_token=RETRIEVAL_TOKEN)
-    inference = InferenceSettings(port=0, metrics_port=0, auth_token=INFERENCE_TOKEN)
+    inference = InferenceSettings(port=0, metrics_port=0, http_port=-1, auth_token=INFERENCE_TOKEN)
     assert RETRIEVAL_TOKEN not in repr(retrieval)
     assert INFERENCE_TOKEN not in repr(inference)
     pair = await start_pair(retrieval, inference, backbone=gemma, encoder=encoder)

@@ -26,6 +26,14 @@ from raee.tasks import TaskSpec
 from raee_cli.client import InferenceClient
 from raee_cli.demo import DEMO_DIR
 
+# `raee classify` imports the slim client, which an install maps from clients/python.
+CLIENT_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent / "clients" / "python"), os.environ.get("PYTHONPATH", "")]
+    ),
+}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -42,10 +50,12 @@ def up(
     run_ingest(
         demo_spec, examples, backbone=gemma, encoder=encoder, store=open_store(home=home), progress=False
     )
-    ports = {name: free_port() for name in ("retrieval", "inference", "metrics")}
+    ports = {name: free_port() for name in ("retrieval", "inference", "metrics", "http")}
     env = {
         **os.environ,
         "RAEE_RETRIEVAL_METRICS_PORT": str(ports["metrics"]),
+        "RAEE_INFERENCE_HTTP_PORT": str(ports["http"]),
+        "RAEE_INFERENCE_HTTP_HOST": "127.0.0.1",
         "RAEE_GRACE_S": "20",
         "PYTHONUNBUFFERED": "1",
     }
@@ -99,6 +109,7 @@ def test_classify_command_and_metrics(
         text=True,
         timeout=120,
         check=True,
+        env=CLIENT_ENV,
     )
     label, exit_part, *_ = result.stdout.split("\t")
     assert label in demo_spec.label_names
@@ -155,7 +166,7 @@ def test_services_as_separate_processes_configured_by_env(
         ).returncode
         == 0
     )
-    retrieval_port, inference_port = free_port(), free_port()
+    retrieval_port, inference_port, http_port = free_port(), free_port(), free_port()
     base = {**os.environ, "RAEE_GRACE_S": "5"}
     retrieval = subprocess.Popen(
         [sys.executable, "-m", "raee_cli.main", "serve", "retrieval"],
@@ -172,6 +183,8 @@ def test_services_as_separate_processes_configured_by_env(
             **base,
             "RAEE_INFERENCE_PORT": str(inference_port),
             "RAEE_INFERENCE_METRICS_PORT": "0",
+            "RAEE_INFERENCE_HTTP_PORT": str(http_port),
+            "RAEE_INFERENCE_HTTP_HOST": "127.0.0.1",
             "RAEE_RETRIEVAL_ADDR": f"localhost:{retrieval_port}",
         },
     )

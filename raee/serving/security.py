@@ -121,11 +121,14 @@ def bearer_metadata(token: str) -> tuple[tuple[str, str], ...] | None:
 
 
 def open_channel(
-    target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+    target: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: list[tuple[str, Any]],
+    interceptors: list[Any] | None = None,
 ) -> aio.Channel:
     if credentials is None:
-        return aio.insecure_channel(target, options=options)
-    return aio.secure_channel(target, credentials, options=options)
+        return aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
 
 
 def _read(path: str, what: str) -> bytes:

@@ -18,6 +18,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from raee.serving import tracing
 from raee.serving.interceptors import ErrorMappingInterceptor
 from raee.serving.security import BearerTokenInterceptor, ServerSecurity, server_credentials
 
@@ -83,7 +84,7 @@ async def start_server(
     security = security or ServerSecurity()
     interceptors = [BearerTokenInterceptor(security.auth_token)] if security.auth_token else []
     server = aio.server(
-        interceptors=[*interceptors, ErrorMappingInterceptor()],
+        interceptors=[*tracing.server_interceptors(), *interceptors, ErrorMappingInterceptor()],
         options=SERVER_OPTIONS + connection_age_options(max_connection_age_s, max_connection_age_grace_s),
     )
     register(server)

@@ -1,1 +1,1 @@
-"""Generated gRPC stubs of proto/raee/v1 (scripts/gen_protos.py)."""
+"""Generated stubs of proto/raee/v1 (scripts/gen_protos.py)."""

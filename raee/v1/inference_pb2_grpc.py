@@ -3,7 +3,9 @@
 import grpc
 import warnings
 
+from raee.v1 import common_pb2 as raee_dot_v1_dot_common__pb2
 from raee.v1 import inference_pb2 as raee_dot_v1_dot_inference__pb2
+from raee.v1 import retrieval_pb2 as raee_dot_v1_dot_retrieval__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -44,6 +46,16 @@ class InferenceServiceStub:
                 request_serializer=raee_dot_v1_dot_inference__pb2.ClassifyBatchRequest.SerializeToString,
                 response_deserializer=raee_dot_v1_dot_inference__pb2.ClassifyBatchResponse.FromString,
                 _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/raee.v1.InferenceService/ListTasks',
+                request_serializer=raee_dot_v1_dot_retrieval__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=raee_dot_v1_dot_retrieval__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
+        self.GetTask = channel.unary_unary(
+                '/raee.v1.InferenceService/GetTask',
+                request_serializer=raee_dot_v1_dot_retrieval__pb2.GetTaskRequest.SerializeToString,
+                response_deserializer=raee_dot_v1_dot_common__pb2.TaskInfo.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -62,6 +74,21 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTasks(self, request, context):
+        """The published tasks this worker can classify (ingested with its backbone), current versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTask(self, request, context):
+        """One task's current version: NOT_FOUND if never ingested, FAILED_PRECONDITION if
+        ingested with another backbone. Its spec gives the label names, in probability order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +101,16 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.ClassifyBatch,
                     request_deserializer=raee_dot_v1_dot_inference__pb2.ClassifyBatchRequest.FromString,
                     response_serializer=raee_dot_v1_dot_inference__pb2.ClassifyBatchResponse.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=raee_dot_v1_dot_retrieval__pb2.ListTasksRequest.FromString,
+                    response_serializer=raee_dot_v1_dot_retrieval__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'GetTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTask,
+                    request_deserializer=raee_dot_v1_dot_retrieval__pb2.GetTaskRequest.FromString,
+                    response_serializer=raee_dot_v1_dot_common__pb2.TaskInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +167,60 @@ class InferenceService:
             '/raee.v1.InferenceService/ClassifyBatch',
             raee_dot_v1_dot_inference__pb2.ClassifyBatchRequest.SerializeToString,
             raee_dot_v1_dot_inference__pb2.ClassifyBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raee.v1.InferenceService/ListTasks',
+            raee_dot_v1_dot_retrieval__pb2.ListTasksRequest.SerializeToString,
+            raee_dot_v1_dot_retrieval__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raee.v1.InferenceService/GetTask',
+            raee_dot_v1_dot_retrieval__pb2.GetTaskRequest.SerializeToString,
+            raee_dot_v1_dot_common__pb2.TaskInfo.FromString,
             options,
             channel_credentials,
             insecure,

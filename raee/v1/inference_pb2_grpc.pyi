@@ -5,7 +5,9 @@ InferenceService: classification with retrieval-augmented early exit."""
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from raee.v1 import common_pb2 as _common_pb2
 from raee.v1 import inference_pb2 as _inference_pb2
+from raee.v1 import retrieval_pb2 as _retrieval_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -34,6 +36,12 @@ class InferenceServiceStub:
     Classify: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ClassifyRequest, _inference_pb2.ClassifyResponse]
     ClassifyBatch: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ClassifyBatchRequest, _inference_pb2.ClassifyBatchResponse]
     """Many texts in one call; each succeeds or fails on its own."""
+    ListTasks: _grpc.UnaryUnaryMultiCallable[_retrieval_pb2.ListTasksRequest, _retrieval_pb2.ListTasksResponse]
+    """The published tasks this worker can classify (ingested with its backbone), current versions."""
+    GetTask: _grpc.UnaryUnaryMultiCallable[_retrieval_pb2.GetTaskRequest, _common_pb2.TaskInfo]
+    """One task's current version: NOT_FOUND if never ingested, FAILED_PRECONDITION if
+    ingested with another backbone. Its spec gives the label names, in probability order.
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -41,6 +49,12 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     Classify: _aio.UnaryUnaryMultiCallable[_inference_pb2.ClassifyRequest, _inference_pb2.ClassifyResponse]  # type: ignore[assignment]
     ClassifyBatch: _aio.UnaryUnaryMultiCallable[_inference_pb2.ClassifyBatchRequest, _inference_pb2.ClassifyBatchResponse]  # type: ignore[assignment]
     """Many texts in one call; each succeeds or fails on its own."""
+    ListTasks: _aio.UnaryUnaryMultiCallable[_retrieval_pb2.ListTasksRequest, _retrieval_pb2.ListTasksResponse]  # type: ignore[assignment]
+    """The published tasks this worker can classify (ingested with its backbone), current versions."""
+    GetTask: _aio.UnaryUnaryMultiCallable[_retrieval_pb2.GetTaskRequest, _common_pb2.TaskInfo]  # type: ignore[assignment]
+    """One task's current version: NOT_FOUND if never ingested, FAILED_PRECONDITION if
+    ingested with another backbone. Its spec gives the label names, in probability order.
+    """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -57,5 +71,23 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.ClassifyBatchResponse, _abc.Awaitable[_inference_pb2.ClassifyBatchResponse]]:
         """Many texts in one call; each succeeds or fails on its own."""
+
+    @_abc_1.abstractmethod
+    def ListTasks(
+        self,
+        request: _retrieval_pb2.ListTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retrieval_pb2.ListTasksResponse, _abc.Awaitable[_retrieval_pb2.ListTasksResponse]]:
+        """The published tasks this worker can classify (ingested with its backbone), current versions."""
+
+    @_abc_1.abstractmethod
+    def GetTask(
+        self,
+        request: _retrieval_pb2.GetTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.TaskInfo, _abc.Awaitable[_common_pb2.TaskInfo]]:
+        """One task's current version: NOT_FOUND if never ingested, FAILED_PRECONDITION if
+        ingested with another backbone. Its spec gives the label names, in probability order.
+        """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

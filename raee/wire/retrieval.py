@@ -221,6 +221,26 @@ class RetrievalClient:
             raise _domain_error(error, task) from None
         return RemoteTask(common.task_spec(info.spec, f"task {task}"), info.version, info.backbone_id)
 
+    async def task_info(self, task: str) -> common_pb2.TaskInfo:
+        """The task's published version as the service describes it (relayed as is)."""
+        try:
+            info: common_pb2.TaskInfo = await self._stub.GetTask(
+                retrieval_pb2.GetTaskRequest(task=task), timeout=self.timeout_s, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _domain_error(error, task) from None
+        return info
+
+    async def task_infos(self) -> list[common_pb2.TaskInfo]:
+        """Every published task (relayed as is)."""
+        try:
+            response: retrieval_pb2.ListTasksResponse = await self._stub.ListTasks(
+                retrieval_pb2.ListTasksRequest(), timeout=self.timeout_s, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _domain_error(error, None) from None
+        return list(response.tasks)
+
     async def exit_plans(self, items: Sequence[PlanRequest]) -> list[ExitPlan | RemoteError]:
         """One plan per item, or that item's own error; the whole call fails as one domain error."""
         request = retrieval_pb2.BatchExitDistributionRequest(

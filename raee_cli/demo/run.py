@@ -36,7 +36,7 @@ async def run_demo(home: Path, backbone_source: str, encoder_source: str) -> int
 
     pair = await start_pair(
         RetrievalSettings(port=0, metrics_port=0, home=home, store_url=""),
-        InferenceSettings(port=0, metrics_port=0),
+        InferenceSettings(port=0, metrics_port=0, http_port=-1),
         backbone=backbone,
         encoder=encoder,
     )

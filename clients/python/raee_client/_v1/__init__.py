@@ -1,0 +1,1 @@
+"""raee.v1 stubs, copied by clients/python/gen_stubs.py."""

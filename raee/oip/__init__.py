@@ -1,0 +1,1 @@
+"""Generated stubs of proto/raee/oip (scripts/gen_protos.py)."""
