@@ -51,6 +51,8 @@ FROM deps AS app
 COPY README.md ./
 COPY raee ./raee
 COPY raee_cli ./raee_cli
+# the slim client `raee classify` uses (pyproject finds it under clients/python too)
+COPY clients/python ./clients/python
 COPY ingest ./ingest
 COPY retrieval_service ./retrieval_service
 COPY inference_service ./inference_service
