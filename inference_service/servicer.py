@@ -45,13 +45,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> inference_pb2.ClassifyBatchResponse:
         items = work_items(request, self.settings.max_text_chars, self.settings.max_batch_requests)
         batcher = self._batcher()
-        outcomes = await asyncio.wait_for(
-            asyncio.gather(*(self._one(batcher, item) for item in items), return_exceptions=True),
-            self._timeout(context),
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
-                raise outcome  # CancelledError and friends: the call itself is going away
+        calls = [asyncio.ensure_future(self._one(batcher, item)) for item in items]
+        try:
+            _, pending = await asyncio.wait(calls, timeout=self._timeout(context))
+        finally:
+            # On a timeout or a cancelled call, cancel what is left, wait for it, and
+            # collect every exception: none is left "never retrieved".
+            for call in calls:
+                call.cancel()
+            await asyncio.wait(calls)
+            outcomes = [_outcome_of(call) for call in calls]
+        if pending:
+            raise TimeoutError(f"the batch did not finish within the deadline ({len(pending)} items left)")
         return inference_pb2.ClassifyBatchResponse(results=[classify_result(o) for o in outcomes])
 
     async def _one(self, batcher: MicroBatcher[WorkItem, Outcome], item: WorkItem | Exception) -> Outcome:
@@ -68,3 +73,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if self.batcher is None:
             raise UpstreamUnavailableError("the inference worker is still loading its backbone")
         return self.batcher
+
+
+def _outcome_of(call: asyncio.Future[Outcome]) -> Outcome | BaseException:
+    """A finished item's answer or error (which counts as retrieved)."""
+    if call.cancelled():
+        return UpstreamUnavailableError("the item was cancelled")
+    return call.exception() or call.result()

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from ingest import run_ingest
 from raee.backbone import Backbone
@@ -24,7 +25,7 @@ from raee.encoder import QueryEncoder
 from raee.settings import InferenceSettings, RetrievalSettings
 from raee.store import open_store
 from raee.tasks import TaskSpec
-from raee.v1 import retrieval_pb2, retrieval_pb2_grpc
+from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from raee_cli.client import InferenceClient
 from raee_cli.demo import DEMO_DIR
 from raee_cli.pair import ServicePair, start_pair
@@ -154,6 +155,64 @@ async def test_missing_or_wrong_token_is_unauthenticated(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await client.classify(demo_spec.name, "hello")
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_bearer_scheme_is_case_insensitive_and_one_header_only(
+    secure_pair: ServicePair, pki: dict[str, str], demo_spec: TaskSpec
+) -> None:
+    credentials = grpc.ssl_channel_credentials(Path(pki["ca"]).read_bytes())
+    request = inference_pb2.ClassifyRequest(
+        task=demo_spec.name, text="a fine film", mode=inference_pb2.MODE_FULL
+    )
+    async with grpc.aio.secure_channel(secure_pair.inference_address, credentials) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        for scheme in ("bearer", "BEARER", "Bearer", "bEaReR"):  # RFC 7235: the scheme is case-insensitive
+            answer = await stub.Classify(
+                request, metadata=(("authorization", f"{scheme} {INFERENCE_TOKEN}"),)
+            )
+            assert answer.label in demo_spec.label_names
+        before = REGISTRY.get_sample_value(
+            "raee_grpc_rejected_total", {"method": "Classify", "reason": "unauthenticated"}
+        )
+        for metadata in [
+            (("authorization", f"Bearer {INFERENCE_TOKEN}"), ("authorization", "Bearer wrong")),
+            (("authorization", "Bearer wrong"), ("authorization", f"Bearer {INFERENCE_TOKEN}")),
+            (("authorization", f"Bearer {INFERENCE_TOKEN}"), ("authorization", f"Bearer {INFERENCE_TOKEN}")),
+            (("authorization", f"Basic {INFERENCE_TOKEN}"),),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Classify(request, metadata=metadata, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
+        after = REGISTRY.get_sample_value(
+            "raee_grpc_rejected_total", {"method": "Classify", "reason": "unauthenticated"}
+        )
+        assert (after or 0) - (before or 0) == 4
+
+
+async def test_tokens_are_checked_before_bodies_are_decoded(
+    secure_pair: ServicePair, pki: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage bytes from a caller without a token: UNAUTHENTICATED, counted, logged once, no traceback."""
+    caplog.set_level(logging.WARNING)
+    credentials = grpc.ssl_channel_credentials(Path(pki["ca"]).read_bytes())
+
+    def unauthenticated() -> float:
+        value = REGISTRY.get_sample_value(
+            "raee_grpc_request_seconds_count", {"method": "ClassifyBatch", "code": "UNAUTHENTICATED"}
+        )
+        return value or 0.0
+
+    before = unauthenticated()
+    async with grpc.aio.secure_channel(secure_pair.inference_address, credentials) as channel:
+        raw = channel.unary_unary("/raee.v1.InferenceService/ClassifyBatch")
+        for _ in range(20):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await raw(b"\xff\xff\xff", timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert unauthenticated() - before == 20
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    refusals = [r for r in caplog.records if "refused a call" in r.getMessage()]
+    assert 1 <= len(refusals) < 20  # logged, rate-limited
 
 
 async def test_health_stays_open_without_a_token(secure_pair: ServicePair, pki: dict[str, str]) -> None:

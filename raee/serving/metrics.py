@@ -36,7 +36,19 @@ GROUP_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 DEGRADED = Counter(
-    "raee_inference_degraded_total", "Requests answered at full depth without retrieval", ["reason"]
+    "raee_inference_degraded_total",
+    "Requests answered without retrieval (at the task's best exit, else full depth), by reason",
+    ["reason"],
+)
+REJECTED = Counter(
+    "raee_grpc_rejected_total",
+    "Calls refused before their handler ran, by method and reason (unauthenticated, undecodable)",
+    ["method", "reason"],
+)
+SHED = Counter(
+    "raee_inference_shed_total",
+    "Requests refused with RESOURCE_EXHAUSTED before queueing, by reason (queue_full, deadline, drain)",
+    ["reason"],
 )
 
 

@@ -100,6 +100,8 @@ def exit_query(request: retrieval_pb2.ExitDistributionRequest, limits: QueryLimi
     include = request.include_neighbours
     if request.WhichOneof("query") == "embedding":
         values = np.asarray(request.embedding.values, dtype=np.float32)
+        if not np.all(np.isfinite(values)):
+            raise InvalidArgumentError("embedding", "values must be finite numbers (no NaN or infinity)")
         return ExitQuery(task, k, embedding=values, include_neighbours=include)
     if request.WhichOneof("query") is None:
         raise InvalidArgumentError("text", "give a non-empty text or an embedding")
@@ -110,7 +112,7 @@ def exit_query(request: retrieval_pb2.ExitDistributionRequest, limits: QueryLimi
 def exit_queries(
     request: retrieval_pb2.BatchExitDistributionRequest, limits: QueryLimits, max_items: int
 ) -> list[ExitQuery | InvalidArgumentError]:
-    """Each item's query, or that item's own validation error."""
+    """Each item's query, or that item's own validation error (a bad task name included)."""
     require_batch(request.requests, max_items)
     queries: list[ExitQuery | InvalidArgumentError] = []
     for item in request.requests:
