@@ -110,6 +110,18 @@ def _rows(raw: bytes, kind: str, path: Path, errors: list[RowError]) -> Iterator
         return
     try:
         for row in reader:
+            extra = row.pop(None, None)
+            if extra:
+                # "positive,a great, fun movie" would silently lose ", fun movie".
+                errors.append(
+                    RowError(
+                        path,
+                        reader.line_num,
+                        f"{len(extra)} more field(s) than the header's {len(reader.fieldnames or [])}; "
+                        f'quote a text that contains the delimiter ("...")',
+                    )
+                )
+                continue
             yield reader.line_num, row
     except csv.Error as exc:
         errors.append(RowError(path, reader.line_num, f"malformed {kind.upper()} ({exc})"))

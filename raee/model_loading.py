@@ -95,11 +95,29 @@ def _detect_kind(architectures: list[str]) -> BackboneKind:
     return "masked" if any(arch.endswith("ForMaskedLM") for arch in architectures) else "causal"
 
 
-def _converted_gguf(gguf_path: Path, dtype: torch.dtype) -> Path:
-    """The safetensors copy of a GGUF model, converting it on first use."""
+def load_tokenizer(source: ModelSource, dtype: torch.dtype = torch.float32) -> PreTrainedTokenizerBase:
+    """The backbone's tokenizer alone, without its weights (for checks before the model loads)."""
+    path = Path(source.path) if not isinstance(source.path, Path) else source.path
+    try:
+        if str(source.path).endswith(".gguf"):
+            converted = _converted_target(path, dtype)
+            if (converted / "config.json").is_file():
+                return AutoTokenizer.from_pretrained(converted)
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(source.path)
+    except (OSError, ValueError) as exc:
+        raise BackboneLoadError(f"backbone: cannot load the tokenizer of {source.path}: {exc}") from exc
+
+
+def _converted_target(gguf_path: Path, dtype: torch.dtype) -> Path:
     stat = gguf_path.stat()
     key = f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{dtype}"
-    target = cache_dir() / "converted" / f"{gguf_path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return cache_dir() / "converted" / f"{gguf_path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _converted_gguf(gguf_path: Path, dtype: torch.dtype) -> Path:
+    """The safetensors copy of a GGUF model, converting it on first use."""
+    target = _converted_target(gguf_path, dtype)
     if (target / "config.json").is_file():
         return target
     logger.info("converting %s to safetensors once (about a minute); cached at %s", gguf_path, target)

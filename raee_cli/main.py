@@ -189,18 +189,23 @@ def _spec_from_args(args: argparse.Namespace) -> TaskSpec:
 
 def _ingest(args: argparse.Namespace) -> int:
     from ingest import render_summary, run_ingest
-    from raee.backbone import Backbone
+    from ingest.job import check_prompt_lengths
+    from raee.backbone import DEFAULT_MAX_TOKENS, Backbone, backbone_tokenizer, prompt_token_lengths
     from raee.encoder import QueryEncoder
     from raee.store import open_store_from
 
     spec = _spec_from_args(args)
     examples, errors = read_examples(args.data, spec)
+    shard = _shard_from_args(args)
+    models = models_from_args(args)
+    # Prompt lengths need the tokenizer only: checked before the backbone loads.
+    lengths = prompt_token_lengths(backbone_tokenizer(models.backbone), spec, [e.text for e in examples])
+    examples, too_long = check_prompt_lengths(examples, lengths, DEFAULT_MAX_TOKENS, args.data)
+    errors = sorted([*errors, *too_long], key=lambda error: error.line)
     if errors and (not args.skip_invalid or not examples):
         raise DataError(errors)
     for error in errors:
         logging.getLogger("raee.ingest").warning("skipped %s", error)
-    shard = _shard_from_args(args)
-    models = models_from_args(args)
     backbone = Backbone.load(models.backbone)
     encoder = QueryEncoder(models.encoder)
     store = open_store_from(store_from_args(args))

@@ -38,7 +38,7 @@ def counted(method: str, code: str) -> int:
 async def raw_call(channel: grpc.aio.Channel, path: str, body: bytes) -> grpc.aio.AioRpcError | bytes:
     call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
     try:
-        return await call(body, timeout=30)  # type: ignore[no-any-return]
+        return await call(body, timeout=30)
     except grpc.aio.AioRpcError as error:
         return error
 
