@@ -12,7 +12,7 @@ from inference_service.batcher import MicroBatcher
 from inference_service.servicer import SERVICE_NAME, InferenceServicer
 from inference_service.worker import InferenceWorker
 from raee.backbone import Backbone
-from raee.serving.metrics import serve_metrics
+from raee.serving.metrics import serve_metrics_of
 from raee.serving.security import ServerSecurity, bearer_metadata, channel_credentials, open_channel
 from raee.serving.server import (
     MAX_MESSAGE_BYTES,
@@ -90,7 +90,7 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
 
 
 async def serve(settings: InferenceSettings) -> None:
-    serve_metrics(settings.metrics_port)
+    serve_metrics_of(settings, settings.metrics_port)
     server = await start(settings)
     await wait_for_shutdown_signal()
     await server.stop(settings.grace_s)

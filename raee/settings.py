@@ -98,6 +98,12 @@ class ServiceSettings(RaeeSettings):
     tls_cert: str = env("RAEE_TLS_CERT", "", "server certificate (PEM file); empty: plaintext")
     tls_key: str = env("RAEE_TLS_KEY", "", "server private key (PEM file)")
     tls_client_ca: str = env("RAEE_TLS_CLIENT_CA", "", "CA of client certificates: mutual TLS")
+    metrics_host: str = env(
+        "RAEE_METRICS_HOST", "0.0.0.0", "address /metrics listens on (127.0.0.1: this host only)"
+    )
+    metrics_tls: bool = env(
+        "RAEE_METRICS_TLS", False, "serve /metrics over HTTPS with RAEE_TLS_CERT and RAEE_TLS_KEY"
+    )
 
 
 class RetrievalSettings(ServiceSettings, StoreSettings):

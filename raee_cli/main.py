@@ -301,11 +301,11 @@ def _up(args: argparse.Namespace) -> int:
 
 
 async def _run_up(retrieval: RetrievalSettings, inference: InferenceSettings) -> None:
-    from raee.serving.metrics import serve_metrics
+    from raee.serving.metrics import serve_metrics_of
     from raee.serving.server import wait_for_shutdown_signal
     from raee_cli.pair import start_pair
 
-    serve_metrics(retrieval.metrics_port)
+    serve_metrics_of(retrieval, retrieval.metrics_port)
     pair = await start_pair(retrieval, inference)
     print(
         f"raee up: inference worker on {pair.inference_address}, retrieval service on "

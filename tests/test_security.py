@@ -5,7 +5,11 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import socket
+import ssl
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,12 +26,14 @@ from ingest import run_ingest
 from raee.backbone import Backbone
 from raee.data import read_examples
 from raee.encoder import QueryEncoder
+from raee.serving.metrics import serve_metrics, serve_metrics_of
 from raee.settings import InferenceSettings, RetrievalSettings
 from raee.store import open_store
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from raee_cli.client import InferenceClient
 from raee_cli.demo import DEMO_DIR
+from raee_cli.main import main
 from raee_cli.pair import ServicePair, start_pair
 from retrieval_service import server as retrieval_server
 
@@ -332,3 +338,43 @@ def test_qdrant_api_key_is_sent_to_the_server() -> None:
         server.shutdown()
     assert seen
     assert seen[-1] == "qdrant-key-51c0"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_metrics_listen_where_configured_over_tls_if_asked(pki: dict[str, str]) -> None:
+    plain, secure = _free_port(), _free_port()
+    serve_metrics(plain, "127.0.0.1")
+    with urllib.request.urlopen(f"http://127.0.0.1:{plain}/metrics", timeout=10) as reply:
+        assert b"raee_grpc_request_seconds" in reply.read()
+    settings = RetrievalSettings(
+        metrics_host="127.0.0.1", metrics_tls=True, tls_cert=pki["server_cert"], tls_key=pki["server_key"]
+    )
+    serve_metrics_of(settings, secure)
+    context = ssl.create_default_context(cafile=pki["ca"])
+    with urllib.request.urlopen(f"https://localhost:{secure}/metrics", timeout=10, context=context) as reply:
+        assert b"raee_grpc_rejected_total" in reply.read()
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP to the TLS port: refused
+        urllib.request.urlopen(f"http://127.0.0.1:{secure}/metrics", timeout=10).read()
+    with pytest.raises(ValueError, match="RAEE_METRICS_TLS needs"):
+        serve_metrics_of(RetrievalSettings(metrics_tls=True), _free_port())
+
+
+def test_a_busy_metrics_port_exits_2_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        monkeypatch.setenv("RAEE_METRICS_HOST", "127.0.0.1")
+        monkeypatch.setenv("RAEE_RETRIEVAL_METRICS_PORT", str(port))
+        monkeypatch.setenv("RAEE_RETRIEVAL_PORT", "0")
+        monkeypatch.setenv("RAEE_HOME", str(tmp_path))
+        assert main(["serve", "retrieval"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: metrics_port: cannot listen on 127.0.0.1:{port} (Address already in use)"
