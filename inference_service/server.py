@@ -27,6 +27,8 @@ from raee.wire.retrieval import RetrievalClient
 
 logger = logging.getLogger(__name__)
 
+DRAIN_MARGIN = 0.8
+
 
 @dataclass
 class InferenceServer:
@@ -81,6 +83,8 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
         max_batch=settings.max_batch,
         max_wait_s=settings.max_wait_ms / 1000,
         max_queue=settings.max_queue,
+        # Admit only what drains within the grace period (with a margin for the estimate).
+        drain_s=settings.grace_s * DRAIN_MARGIN,
     )
     batcher.start()
     servicer.batcher = batcher

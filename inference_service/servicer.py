@@ -37,32 +37,31 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.ClassifyRequest, context: aio.ServicerContext
     ) -> inference_pb2.ClassifyResponse:
         item = work_item(request, self.settings.max_text_chars)
-        outcome = await asyncio.wait_for(self._batcher().submit(item), self._timeout(context))
+        timeout = self._timeout(context)
+        outcome = await asyncio.wait_for(self._batcher().submit(item, timeout), timeout)
         return classify_response(outcome)
 
     async def ClassifyBatch(
         self, request: inference_pb2.ClassifyBatchRequest, context: aio.ServicerContext
     ) -> inference_pb2.ClassifyBatchResponse:
         items = work_items(request, self.settings.max_text_chars, self.settings.max_batch_requests)
-        batcher = self._batcher()
-        calls = [asyncio.ensure_future(self._one(batcher, item)) for item in items]
+        timeout = self._timeout(context)
+        # One caller of the fair scheduler: admitted whole, or refused whole (RESOURCE_EXHAUSTED).
+        futures = self._batcher().enqueue([i for i in items if isinstance(i, WorkItem)], timeout)
         try:
-            _, pending = await asyncio.wait(calls, timeout=self._timeout(context))
+            pending: set[asyncio.Future[Outcome]] = set()
+            if futures:
+                _, pending = await asyncio.wait(futures, timeout=timeout)
         finally:
-            # On a timeout or a cancelled call, cancel what is left, wait for it, and
-            # collect every exception: none is left "never retrieved".
-            for call in calls:
-                call.cancel()
-            await asyncio.wait(calls)
-            outcomes = [_outcome_of(call) for call in calls]
+            # On a timeout or a cancelled call, cancel what is left and collect every
+            # outcome: no exception is left "never retrieved".
+            for future in futures:
+                future.cancel()
+            answers = iter([_outcome_of(future) for future in futures])
         if pending:
             raise TimeoutError(f"the batch did not finish within the deadline ({len(pending)} items left)")
+        outcomes = [next(answers) if isinstance(item, WorkItem) else item for item in items]
         return inference_pb2.ClassifyBatchResponse(results=[classify_result(o) for o in outcomes])
-
-    async def _one(self, batcher: MicroBatcher[WorkItem, Outcome], item: WorkItem | Exception) -> Outcome:
-        if isinstance(item, Exception):
-            raise item
-        return await batcher.submit(item)
 
     def _timeout(self, context: aio.ServicerContext) -> float:
         """The caller's deadline, or the server's default for calls that set none."""
@@ -75,8 +74,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return self.batcher
 
 
-def _outcome_of(call: asyncio.Future[Outcome]) -> Outcome | BaseException:
-    """A finished item's answer or error (which counts as retrieved)."""
-    if call.cancelled():
+def _outcome_of(future: asyncio.Future[Outcome]) -> Outcome | BaseException:
+    """A finished item's answer or error (which then counts as retrieved)."""
+    if future.cancelled():
         return UpstreamUnavailableError("the item was cancelled")
-    return call.exception() or call.result()
+    return future.exception() or future.result()

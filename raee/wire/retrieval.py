@@ -20,7 +20,7 @@ from raee.errors import (
     TaskNotFoundError,
     UpstreamUnavailableError,
 )
-from raee.exit_info import ExitInfo
+from raee.exit_info import ExitInfo, best_exit
 from raee.exit_rule import ExitDecision, Fallback
 from raee.serving.errors import status_code_value
 from raee.store import Neighbour, TaskVersion
@@ -79,6 +79,7 @@ class RemoteTask:
     spec: TaskSpec
     version: str
     backbone_id: str
+    best_exit: int | None = None  # the best single exit at ingest (None: not measured)
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,10 @@ class RetrievalClient:
             )
         except grpc.aio.AioRpcError as error:
             raise _domain_error(error, task) from None
-        return RemoteTask(common.task_spec(info.spec, f"task {task}"), info.version, info.backbone_id)
+        best = best_exit(list(info.accuracy_per_exit_pct))
+        if best is not None and not 0 <= best <= info.num_layers:
+            best = None
+        return RemoteTask(common.task_spec(info.spec, f"task {task}"), info.version, info.backbone_id, best)
 
     async def exit_plans(self, items: Sequence[PlanRequest]) -> list[ExitPlan | RemoteError]:
         """One plan per item, or that item's own error; the whole call fails as one domain error."""
