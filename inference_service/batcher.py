@@ -128,7 +128,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         """How long draining the whole queue (plus ``extra_items``) would take (None: unmeasured)."""
         if self.item_s is None or self.batch_s is None:
             return None
-        return (self._queued + extra_items) * self.item_s + self.batch_s
+        return (self._queued + extra_items) * self.item_s + (self.batch_s if self._running else 0.0)
 
     def _admit(self, items: int, deadline_s: float | None) -> None:
         if self._closing:
@@ -228,9 +228,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             self.item_s, self.batch_s = per_item, seconds
         else:
             self.item_s += EWMA_WEIGHT * (per_item - self.item_s)
-            # A full batch's time, scaled from this one: the batch a newcomer may wait behind.
-            full = per_item * self.max_batch if size < self.max_batch else seconds
-            self.batch_s += EWMA_WEIGHT * (full - self.batch_s)
+            self.batch_s += EWMA_WEIGHT * (seconds - self.batch_s)
         self.batches += 1
 
     async def _run(self) -> None:
