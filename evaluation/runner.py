@@ -372,7 +372,9 @@ async def run_eval(
     store = open_store(home=home)
     pair = await start_pair(
         RetrievalSettings(port=0, metrics_port=0, home=home),
-        InferenceSettings(port=0, metrics_port=0),
+        # An offline run with a private pair: a long grace period, so that the worker's
+        # drain-bound admission never sheds a chunk on a slow machine.
+        InferenceSettings(port=0, metrics_port=0, grace_s=600.0),
         backbone=backbone,
         encoder=encoder,
     )

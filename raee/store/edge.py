@@ -259,7 +259,8 @@ def _read_manifest(path: Path, task: str) -> TaskVersion:
         raise StoreError(
             f"task {task!r}: its manifest {MANIFEST} is damaged ({reason}); re-ingest the task"
         ) from exc
-    if info.task != task or not info.version or "/" in info.version or info.version.startswith("."):
+    version = info.version
+    if info.task != task or not 0 < len(version) <= 64 or "/" in version or version.startswith("."):
         raise StoreError(f"task {task!r}: its manifest {MANIFEST} names another task or a bad version")
     return info
 
