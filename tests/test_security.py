@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +36,6 @@ from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from raee_cli.client import InferenceClient
 from raee_cli.demo import DEMO_DIR
-from raee_cli.main import main
 from raee_cli.pair import ServicePair, start_pair
 from retrieval_service import server as retrieval_server
 
@@ -364,17 +366,27 @@ def test_metrics_listen_where_configured_over_tls_if_asked(pki: dict[str, str]) 
         serve_metrics_of(RetrievalSettings(metrics_tls=True), _free_port())
 
 
-def test_a_busy_metrics_port_exits_2_with_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_busy_metrics_port_exits_2_with_one_line(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        monkeypatch.setenv("RAEE_METRICS_HOST", "127.0.0.1")
-        monkeypatch.setenv("RAEE_RETRIEVAL_METRICS_PORT", str(port))
-        monkeypatch.setenv("RAEE_RETRIEVAL_PORT", "0")
-        monkeypatch.setenv("RAEE_HOME", str(tmp_path))
-        assert main(["serve", "retrieval"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"error: metrics_port: cannot listen on 127.0.0.1:{port} (Address already in use)"
+        env = {
+            **os.environ,
+            "RAEE_METRICS_HOST": "127.0.0.1",
+            "RAEE_RETRIEVAL_METRICS_PORT": str(port),
+            "RAEE_RETRIEVAL_PORT": "0",
+            "RAEE_HOME": str(tmp_path),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "raee_cli.main", "serve", "retrieval"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == f"error: metrics_port: cannot listen on 127.0.0.1:{port} (Address already in use)"
+    )
