@@ -74,6 +74,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._running = False
+        self._seen_large = False
         # Measured: seconds per item, and the time of one batch (None until the first batch).
         self.item_s: float | None = None
         self.batch_s: float | None = None
@@ -223,13 +224,26 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         return [p for p in batch if not p.future.done()]
 
     def _measure(self, size: int, seconds: float) -> None:
+        """Update the estimates; the first batch (cold caches, first connections) is not used.
+
+        Per-item cost falls with batch size, so once half-full batches have been
+        seen, only those update ``item_s``: under load, when estimates matter, the
+        batches are full.
+        """
+        self.batches += 1
+        if self.batches == 1:
+            return
         per_item = seconds / size
+        large = size >= max(1, self.max_batch // 2)
         if self.item_s is None or self.batch_s is None:
             self.item_s, self.batch_s = per_item, seconds
         else:
-            self.item_s += EWMA_WEIGHT * (per_item - self.item_s)
+            if large or not self._seen_large:
+                self.item_s += EWMA_WEIGHT * (per_item - self.item_s)
             self.batch_s += EWMA_WEIGHT * (seconds - self.batch_s)
-        self.batches += 1
+        if large and not self._seen_large:
+            self._seen_large = True
+            self.item_s = per_item
 
     async def _run(self) -> None:
         while True:

@@ -66,7 +66,9 @@ async def test_admission_sheds_what_would_miss_its_deadline_or_the_drain() -> No
     )
     batcher.start()
     try:
-        await batcher.submit("warm up")  # one measured batch: about 50 ms an item
+        await batcher.submit("warm up")  # not measured: the first batch is warm-up
+        assert batcher.item_s is None
+        await batcher.submit("measured")  # about 50 ms an item
         assert batcher.item_s is not None
         queued = batcher.enqueue([f"q{i}" for i in range(20)])  # about 1 s of work
         with pytest.raises(OverloadedError, match="exceeds the call's deadline"):
