@@ -416,8 +416,14 @@ async def run_eval(
     store = open_store(home=home)
     pair = await start_pair(
         RetrievalSettings(port=0, metrics_port=0, home=home),
+        # An offline run with a private pair: a long grace period, so that the worker's
+        # drain-bound admission never sheds a chunk on a slow machine.
         InferenceSettings(
-            port=0, metrics_port=0, http_port=-1, retrieval_timeout_ms=EVAL_RETRIEVAL_TIMEOUT_MS
+            port=0,
+            metrics_port=0,
+            http_port=-1,
+            grace_s=600.0,
+            retrieval_timeout_ms=EVAL_RETRIEVAL_TIMEOUT_MS,
         ),
         backbone=backbone,
         encoder=encoder,

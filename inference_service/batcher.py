@@ -1,25 +1,47 @@
-"""Micro-batching: concurrent requests are gathered for up to ``max_wait`` into one batch.
+"""Micro-batching with fair scheduling and admission control.
 
-One batch is processed at a time; requests arriving meanwhile queue up and form
-the next batch, so under load batches fill without waiting. A full queue refuses
-new requests (:class:`OverloadedError`) instead of growing without bound.
+Concurrent requests are gathered for up to ``max_wait`` into micro-batches of at
+most ``max_batch`` items, one batch at a time. Requests arriving meanwhile queue
+up and form the next batch, so under load batches fill without waiting.
+
+**Fairness.** Each call is a *caller* with its own queue (a ClassifyBatch call is
+one caller with many items). A batch takes one item from each waiting caller in
+turn (round robin), so a single Classify waits about one micro-batch behind a
+1024-item ClassifyBatch, not behind all of it.
+
+**Admission.** Each batch's time is measured; from it the batcher estimates how
+long a new call would wait. A call is refused at once with
+:class:`OverloadedError` (RESOURCE_EXHAUSTED) when
+
+* the queue is full (``max_queue`` items),
+* its estimated wait exceeds the caller's remaining deadline (it would miss it
+  anyway: shedding it early costs nothing), or
+* the work already queued plus its own could not be drained within
+  ``drain_s`` (the shutdown grace period), so that SIGTERM drops nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from raee.errors import OverloadedError
+from raee.serving.metrics import SHED
 
 logger = logging.getLogger(__name__)
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
+
+# Weight of the newest measurement in the moving averages of batch times.
+EWMA_WEIGHT = 0.2
 
 
 @dataclass
@@ -36,65 +58,208 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         max_batch: int,
         max_wait_s: float,
         max_queue: int,
+        drain_s: float = 0.0,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
-            raise ValueError("max_batch and max_queue must be >= 1, max_wait_s >= 0")
+        if max_batch < 1 or max_queue < 1 or max_wait_s < 0 or drain_s < 0:
+            raise ValueError("max_batch and max_queue must be >= 1, max_wait_s and drain_s >= 0")
         self._process = process
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self._queue: asyncio.Queue[_Pending[ItemT, ResultT]] = asyncio.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self.drain_s = drain_s  # 0: no drain bound
+        self._callers: dict[int, deque[_Pending[ItemT, ResultT]]] = {}
+        self._ids = itertools.count()
+        self._queued = 0
+        self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._running = False
+        self._seen_large = False
+        # Measured: seconds per item, and the time of one batch (None until the first batch).
+        self.item_s: float | None = None
+        self.batch_s: float | None = None
+        self.batches = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
 
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new calls, then wait up to ``timeout_s`` for the queue to empty; True if it did."""
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._queued and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return not self._queued
+
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while not self._queue.empty():
-            pending = self._queue.get_nowait()
-            if not pending.future.done():
-                pending.future.set_exception(OverloadedError("the server is shutting down"))
+        for queue in self._callers.values():
+            for pending in queue:
+                if not pending.future.done():
+                    pending.future.set_exception(OverloadedError("the server is shutting down"))
+        self._callers.clear()
+        self._queued = 0
 
-    async def submit(self, item: ItemT) -> ResultT:
-        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Pending(item, future))
-        except asyncio.QueueFull:
+    # -- admission ----------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def estimated_wait_s(self, items: int) -> float | None:
+        """How long a new caller with ``items`` items would wait for its last answer (None: unmeasured).
+
+        Round robin serves one item of every waiting caller per round, so the new
+        caller's last item is done after its own items plus up to as many of each
+        other caller's, plus the batch that is running now.
+        """
+        if self.item_s is None or self.batch_s is None:
+            return None
+        ahead = sum(min(len(queue), items) for queue in self._callers.values())
+        return (ahead + items) * self.item_s + (self.batch_s if self._running else 0.0)
+
+    def drain_estimate_s(self, extra_items: int = 0) -> float | None:
+        """How long draining the whole queue (plus ``extra_items``) would take (None: unmeasured)."""
+        if self.item_s is None or self.batch_s is None:
+            return None
+        return (self._queued + extra_items) * self.item_s + (self.batch_s if self._running else 0.0)
+
+    def _admit(self, items: int, deadline_s: float | None) -> None:
+        if self._closing:
+            SHED.labels("drain").inc()
+            raise OverloadedError("the server is shutting down; retry on another replica")
+        if self._queued + items > self.max_queue:
+            SHED.labels("queue_full").inc()
+            raise OverloadedError(f"the request queue is full ({self.max_queue}); retry with backoff")
+        wait = self.estimated_wait_s(items)
+        if wait is not None and deadline_s is not None and wait > deadline_s:
+            assert self.item_s is not None
+            if items * self.item_s > deadline_s:  # the call alone cannot make it: not an overload
+                raise TimeoutError(
+                    f"the call's deadline ({deadline_s:.3f} s) is shorter than its estimated time "
+                    f"({items * self.item_s:.3f} s)"
+                )
+            SHED.labels("deadline").inc()
             raise OverloadedError(
-                f"the request queue is full ({self._queue.maxsize}); retry with backoff"
-            ) from None
+                f"the estimated wait ({wait:.1f} s) exceeds the call's deadline ({deadline_s:.1f} s); "
+                "retry with backoff"
+            )
+        drain = self.drain_estimate_s(items)
+        if self.drain_s and drain is not None and drain > self.drain_s:
+            SHED.labels("drain").inc()
+            raise OverloadedError(
+                f"the queued work ({drain:.1f} s) would not drain within the shutdown grace "
+                f"({self.drain_s:.1f} s); retry with backoff"
+            )
+
+    # -- submitting ---------------------------------------------------------------------
+
+    async def submit(self, item: ItemT, deadline_s: float | None = None) -> ResultT:
+        """One item as its own caller."""
+        (future,) = self.enqueue([item], deadline_s)
         return await future
 
+    def enqueue(
+        self, items: Sequence[ItemT], deadline_s: float | None = None
+    ) -> list[asyncio.Future[ResultT]]:
+        """Admit ``items`` as one caller (all or none); one future per item, in order.
+
+        Raises :class:`OverloadedError` when the call is shed (see the module doc).
+        """
+        self._admit(len(items), deadline_s)
+        loop = asyncio.get_running_loop()
+        queue: deque[_Pending[ItemT, ResultT]] = deque(_Pending(item, loop.create_future()) for item in items)
+        if queue:
+            self._callers[next(self._ids)] = queue
+            self._queued += len(queue)
+            self._arrived.set()
+        return [pending.future for pending in queue]
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _take_round_robin(self, batch: list[_Pending[ItemT, ResultT]]) -> None:
+        """Fill ``batch`` with one item of each caller in turn; drop callers that have gone."""
+        while len(batch) < self.max_batch and self._callers:
+            for key in list(self._callers):
+                queue = self._callers[key]
+                while queue and queue[0].future.done():  # cancelled callers
+                    queue.popleft()
+                    self._queued -= 1
+                if queue:
+                    batch.append(queue.popleft())
+                    self._queued -= 1
+                if not queue:
+                    del self._callers[key]
+                else:  # this caller goes to the back of the line
+                    self._callers[key] = self._callers.pop(key)
+                if len(batch) >= self.max_batch:
+                    break
+
     async def _next_batch(self) -> list[_Pending[ItemT, ResultT]]:
-        batch = [await self._queue.get()]
+        batch: list[_Pending[ItemT, ResultT]] = []
+        while not batch:
+            while not self._queued:
+                self._arrived.clear()
+                await self._arrived.wait()
+            self._take_round_robin(batch)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
         while len(batch) < self.max_batch:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            if self._queued:
+                self._take_round_robin(batch)
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
-        return [p for p in batch if not p.future.done()]  # drop cancelled callers
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+        return [p for p in batch if not p.future.done()]
+
+    def _measure(self, size: int, seconds: float) -> None:
+        """Update the estimates; the first batch (cold caches, first connections) is not used.
+
+        Per-item cost falls with batch size, so once half-full batches have been
+        seen, only those update ``item_s``: under load, when estimates matter, the
+        batches are full.
+        """
+        self.batches += 1
+        if self.batches == 1:
+            return
+        per_item = seconds / size
+        large = size >= max(1, self.max_batch // 2)
+        if self.item_s is None or self.batch_s is None:
+            self.item_s, self.batch_s = per_item, seconds
+        else:
+            if large or not self._seen_large:
+                self.item_s += EWMA_WEIGHT * (per_item - self.item_s)
+            self.batch_s += EWMA_WEIGHT * (seconds - self.batch_s)
+        if large and not self._seen_large:
+            self._seen_large = True
+            self.item_s = per_item
 
     async def _run(self) -> None:
         while True:
             batch = await self._next_batch()
             if not batch:
                 continue
+            started = time.perf_counter()
+            self._running = True
             try:
                 results = await self._process([p.item for p in batch])
             except Exception as error:  # a bug in process(): fail this batch, keep serving
                 logger.exception("batch of %d failed", len(batch))
                 results = [error] * len(batch)
+            finally:
+                self._running = False
+            self._measure(len(batch), time.perf_counter() - started)
             for pending, result in zip(batch, results, strict=True):
                 if pending.future.done():
                     continue

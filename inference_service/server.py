@@ -19,7 +19,7 @@ from inference_service.worker import InferenceWorker
 from raee.backbone import Backbone
 from raee.oip import grpc_predict_v2_pb2_grpc
 from raee.serving import tracing
-from raee.serving.metrics import serve_metrics
+from raee.serving.metrics import serve_metrics_of
 from raee.serving.security import ServerSecurity, bearer_metadata, channel_credentials, open_channel
 from raee.serving.server import (
     MAX_MESSAGE_BYTES,
@@ -33,6 +33,8 @@ from raee.wire.inference import Outcome, WorkItem
 from raee.wire.retrieval import RetrievalClient
 
 logger = logging.getLogger(__name__)
+
+DRAIN_MARGIN = 0.8
 
 
 # round_robin over every address of the name; the retrieval calls only read, so a call
@@ -139,6 +141,8 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
         max_batch=settings.max_batch,
         max_wait_s=settings.max_wait_ms / 1000,
         max_queue=settings.max_queue,
+        # Admit only what drains within the grace period (with a margin for the estimate).
+        drain_s=settings.grace_s * DRAIN_MARGIN,
     )
     batcher.start()
     servicer.batcher = batcher
@@ -153,7 +157,7 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
 
 
 async def serve(settings: InferenceSettings) -> None:
-    serve_metrics(settings.metrics_port)
+    serve_metrics_of(settings, settings.metrics_port)
     tracing.setup("raee-inference", load(TracingSettings))
     server = await start(settings)
     await wait_for_shutdown_signal()

@@ -39,27 +39,31 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self, request: inference_pb2.ClassifyRequest, context: aio.ServicerContext
     ) -> inference_pb2.ClassifyResponse:
         item = work_item(request, self.settings.max_text_chars)
-        outcome = await asyncio.wait_for(self._batcher().submit(item), self._timeout(context))
+        timeout = self._timeout(context)
+        outcome = await asyncio.wait_for(self._batcher().submit(item, timeout), timeout)
         return classify_response(outcome)
 
     async def ClassifyBatch(
         self, request: inference_pb2.ClassifyBatchRequest, context: aio.ServicerContext
     ) -> inference_pb2.ClassifyBatchResponse:
         items = work_items(request, self.settings.max_text_chars, self.settings.max_batch_requests)
-        batcher = self._batcher()
-        outcomes = await asyncio.wait_for(
-            asyncio.gather(*(self._one(batcher, item) for item in items), return_exceptions=True),
-            self._timeout(context),
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
-                raise outcome  # CancelledError and friends: the call itself is going away
+        timeout = self._timeout(context)
+        # One caller of the fair scheduler: admitted whole, or refused whole (RESOURCE_EXHAUSTED).
+        futures = self._batcher().enqueue([i for i in items if isinstance(i, WorkItem)], timeout)
+        try:
+            pending: set[asyncio.Future[Outcome]] = set()
+            if futures:
+                _, pending = await asyncio.wait(futures, timeout=timeout)
+        finally:
+            # On a timeout or a cancelled call, cancel what is left and collect every
+            # outcome: no exception is left "never retrieved".
+            for future in futures:
+                future.cancel()
+            answers = iter([_outcome_of(future) for future in futures])
+        if pending:
+            raise TimeoutError(f"the batch did not finish within the deadline ({len(pending)} items left)")
+        outcomes = [next(answers) if isinstance(item, WorkItem) else item for item in items]
         return inference_pb2.ClassifyBatchResponse(results=[classify_result(o) for o in outcomes])
-
-    async def _one(self, batcher: MicroBatcher[WorkItem, Outcome], item: WorkItem | Exception) -> Outcome:
-        if isinstance(item, Exception):
-            raise item
-        return await batcher.submit(item)
 
     def _timeout(self, context: aio.ServicerContext) -> float:
         """The caller's deadline, or the server's default for calls that set none."""
@@ -85,3 +89,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if self.catalog is None:
             raise UpstreamUnavailableError("the inference worker is still loading its backbone")
         return self.catalog
+
+
+def _outcome_of(future: asyncio.Future[Outcome]) -> Outcome | BaseException:
+    """A finished item's answer or error (which then counts as retrieved)."""
+    if future.cancelled():
+        return UpstreamUnavailableError("the item was cancelled")
+    return future.exception() or future.result()

@@ -12,6 +12,8 @@ reports SERVING, so that the first real requests do not pay for lazy allocation.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,26 +42,39 @@ Process = Callable[[Sequence[WorkItem]], Awaitable[Sequence[Outcome | BaseExcept
 
 
 class InstrumentedBatcher(MicroBatcher[WorkItem, Outcome]):
-    def __init__(self, process: Process, *, max_batch: int, max_wait_s: float, max_queue: int) -> None:
+    def __init__(
+        self, process: Process, *, max_batch: int, max_wait_s: float, max_queue: int, drain_s: float = 0.0
+    ) -> None:
         self._waiting: dict[int, float] = {}  # id(item) -> submitted at
         self._contexts: dict[int, tuple[Any, int]] = {}  # id(item) -> (trace context, submitted at, ns)
         super().__init__(
-            self._instrumented(process), max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue
+            self._instrumented(process),
+            max_batch=max_batch,
+            max_wait_s=max_wait_s,
+            max_queue=max_queue,
+            drain_s=drain_s,
         )
 
-    async def submit(self, item: WorkItem) -> Outcome:
-        key = id(item)
-        self._waiting[key] = time.perf_counter()
-        self._contexts[key] = (tracing.current_context(), time.time_ns())
+    def enqueue(
+        self, items: Sequence[WorkItem], deadline_s: float | None = None
+    ) -> list[asyncio.Future[Outcome]]:
+        """Every admission path (``submit`` too) comes here: each item is counted until answered."""
+        futures = super().enqueue(items, deadline_s)  # raises, counting nothing, when shed
+        context = (tracing.current_context(), time.time_ns())
+        for item, future in zip(items, futures, strict=True):
+            key = id(item)
+            self._waiting[key] = time.perf_counter()
+            self._contexts[key] = context
+            IN_FLIGHT.inc()
+            future.add_done_callback(functools.partial(self._answered, key))
         QUEUE_SIZE.set(len(self._waiting))
-        IN_FLIGHT.inc()
-        try:
-            return await super().submit(item)
-        finally:
-            IN_FLIGHT.dec()
-            self._contexts.pop(key, None)
-            if self._waiting.pop(key, None) is not None:  # refused or cancelled before its batch
-                QUEUE_SIZE.set(len(self._waiting))
+        return futures
+
+    def _answered(self, key: int, _future: asyncio.Future[Outcome]) -> None:
+        IN_FLIGHT.dec()
+        self._contexts.pop(key, None)
+        if self._waiting.pop(key, None) is not None:  # cancelled before its batch
+            QUEUE_SIZE.set(len(self._waiting))
 
     def _instrumented(self, process: Process) -> Process:
         async def run(items: Sequence[WorkItem]) -> Sequence[Outcome | BaseException]:

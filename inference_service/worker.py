@@ -7,7 +7,11 @@ For a batch of requests the worker
    another backbone;
 2. asks the retrieval service for the exit layers of all RAEE requests in one
    ``BatchGetExitDistribution`` call; if that call fails or is too slow, those
-   requests run at full depth and are marked ``degraded``;
+   requests are marked ``degraded`` and run at their task's best single exit
+   (measured at ingest: cheaper than full depth, and on most tasks at least as
+   accurate), or at full depth for a task without that record. After such a
+   failure the worker does not ask retrieval again for ``retry_after_s``, so a
+   slow retrieval service costs one timeout, not one per batch;
 3. groups requests by (task, exit layer) and runs the backbone once per group,
    only up to that layer.
 """
@@ -49,6 +53,7 @@ class _Task:
     version: str
     backbone_id: str
     fetched_at: float
+    best_exit: int | None = None
 
 
 @dataclass
@@ -67,10 +72,13 @@ class InferenceWorker:
         retrieval: RetrievalClient,
         *,
         task_ttl_s: float = 5.0,
+        retry_after_s: float = 1.0,
     ) -> None:
         self.backbone = backbone
         self.retrieval = retrieval
         self.task_ttl_s = task_ttl_s
+        self.retry_after_s = retry_after_s
+        self._retrieval_down_until = 0.0
         self._tasks: dict[str, _Task] = {}
         self._probes: dict[tuple[str, str], TaskProbe] = {}
         # Torch already uses every core: one forward pass at a time.
@@ -122,6 +130,8 @@ class InferenceWorker:
         cached = self._tasks.get(name)
         if cached is not None and time.monotonic() - cached.fetched_at < self.task_ttl_s:
             return cached
+        if cached is not None and time.monotonic() < self._retrieval_down_until:
+            return cached  # retrieval failed a moment ago: do not wait for it again
         try:
             remote = await self.retrieval.get_task(name)
         except TaskNotFoundError:
@@ -133,7 +143,7 @@ class InferenceWorker:
             # Retrieval is down: serve what we know, ask again after the TTL.
             self._tasks[name] = dataclasses.replace(cached, fetched_at=time.monotonic())
             return cached
-        task = _Task(remote.spec, remote.version, remote.backbone_id, time.monotonic())
+        task = _Task(remote.spec, remote.version, remote.backbone_id, time.monotonic(), remote.best_exit)
         self._tasks[name] = task
         return task
 
@@ -160,18 +170,22 @@ class InferenceWorker:
             for item in (items[i] for i in indices)
         ]
         started = time.perf_counter()
+        if time.monotonic() < self._retrieval_down_until:
+            DEGRADED.labels("retrying_later").inc()
+            self._degrade(items, indices, tasks, plans, "retrieval failed recently; retrying shortly")
+            return
         try:
             with tracing.span("retrieval", items=len(requests)):
                 answers = await self.retrieval.exit_plans(requests)
         except (UpstreamUnavailableError, RemoteError) as error:
-            reason = error.reason if isinstance(error, UpstreamUnavailableError) else code_name(error.code)
+            if isinstance(error, UpstreamUnavailableError):
+                reason = error.reason
+                self._retrieval_down_until = time.monotonic() + self.retry_after_s
+            else:
+                reason = code_name(error.code)
             DEGRADED.labels(reason).inc()
-            logger.warning("answering %d requests at full depth: %s", len(indices), error)
-            for i in indices:
-                task = tasks[items[i].task]
-                assert isinstance(task, _Task)
-                fields: dict[str, object] = {"degraded": True, "degraded_reason": str(error)}
-                plans[i] = _Plan(task, self.backbone.num_layers, fields)
+            logger.warning("answering %d requests without retrieval: %s", len(indices), error)
+            self._degrade(items, indices, tasks, plans, str(error)[:200])
             return
         retrieval_ms = 1000 * (time.perf_counter() - started)
         for i, answer in zip(indices, answers, strict=True):
@@ -181,6 +195,23 @@ class InferenceWorker:
                 results[i] = answer
             elif self._check_plan(items[i].task, answer, results, i):
                 plans[i] = _Plan(task, answer.exit_layer, _plan_fields(answer, retrieval_ms))
+
+    def _degrade(
+        self,
+        items: Sequence[WorkItem],
+        indices: list[int],
+        tasks: dict[str, _Task | BaseException],
+        plans: dict[int, _Plan],
+        why: str,
+    ) -> None:
+        """Plan each item at its task's best single exit, or at full depth without that record."""
+        for i in indices:
+            task = tasks[items[i].task]
+            assert isinstance(task, _Task)
+            exit_layer = self.backbone.num_layers if task.best_exit is None else task.best_exit
+            where = "full depth" if task.best_exit is None else f"the task's best single exit ({exit_layer})"
+            fields: dict[str, object] = {"degraded": True, "degraded_reason": f"{why}; answered at {where}"}
+            plans[i] = _Plan(task, exit_layer, fields)
 
     def _check_plan(
         self, name: str, plan: ExitPlan, results: list[Outcome | BaseException | None], index: int

@@ -9,15 +9,17 @@ Records stream into a new version, which is published only once all are written.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from raee.backbone import Backbone, TaskProbe
-from raee.data import Example
+from raee.data import DataError, Example, RowError
 from raee.encoder import QueryEncoder
 from raee.exit_info import ExitInfo, ExitStats
 from raee.store import ExitRecord, ExitStore, TaskVersion, VersionMeta
@@ -64,6 +66,28 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.nd
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def check_prompt_lengths(
+    examples: Sequence[Example], lengths: Sequence[int], limit: int, path: Path
+) -> tuple[list[Example], list[RowError]]:
+    """The examples whose prompt fits ``limit`` tokens (re-indexed), and a ``file:line`` error for each other.
+
+    Run with the tokenizer alone, before the backbone loads, so that a bad file is
+    reported in seconds and ``--skip-invalid`` can skip those rows like any other.
+    """
+    kept: list[Example] = []
+    errors: list[RowError] = []
+    for example, length in zip(examples, lengths, strict=True):
+        if length > limit:
+            errors.append(
+                RowError(
+                    path, example.line, f"the prompt is {length} tokens, more than the backbone's {limit}"
+                )
+            )
+        else:
+            kept.append(dataclasses.replace(example, index=len(kept)))
+    return kept, errors
+
+
 def run_ingest(
     spec: TaskSpec,
     examples: Sequence[Example],
@@ -92,7 +116,19 @@ def run_ingest(
     probe = backbone.for_task(spec)
     started = time.perf_counter()
     texts = [example.text for example in examples]
-    batches = length_sorted_batches(probe.token_lengths(texts), batch_size)
+    lengths = probe.token_lengths(texts)
+    too_long = [
+        RowError(
+            Path(e.example_id.rpartition(":")[0]),
+            e.line,
+            f"the prompt is {n} tokens, more than the backbone's {backbone.max_tokens}",
+        )
+        for e, n in zip(examples, lengths, strict=True)
+        if n > backbone.max_tokens
+    ]
+    if too_long:  # before anything is written
+        raise DataError(too_long)
+    batches = length_sorted_batches(lengths, batch_size)
     stats = ExitStats(num_exits=backbone.num_layers + 1)
     timings = {"forward_s": 0.0, "encode_s": 0.0, "store_s": 0.0}
     with (

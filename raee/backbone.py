@@ -24,10 +24,23 @@ from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
 from raee.errors import InputTooLongError, TaskSpecError
 from raee.fingerprint import weights_fingerprint
-from raee.model_loading import BackboneKind, load_model, resolve_source
+from raee.model_loading import BackboneKind, load_model, load_tokenizer, resolve_source
 from raee.tasks import TaskSpec
 
 DEFAULT_MAX_TOKENS = 512
+
+
+def backbone_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of backbone ``source`` alone: seconds, where the weights take much longer."""
+    return load_tokenizer(resolve_source(source))
+
+
+def prompt_token_lengths(
+    tokenizer: PreTrainedTokenizerBase, spec: TaskSpec, texts: Sequence[str]
+) -> list[int]:
+    """The token length of each text's prompt (as the backbone will see it, special tokens included)."""
+    prompts = [spec.format(text, tokenizer.mask_token) for text in texts]
+    return [len(ids) for ids in tokenizer(prompts)["input_ids"]]
 
 
 class UnsupportedBackboneError(RuntimeError):
@@ -142,8 +155,7 @@ class TaskProbe:
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         """Prompt lengths in tokens, for length-bucketed batching and limit checks."""
-        encoded = self.backbone.tokenizer(self.prompts(texts))["input_ids"]
-        return [len(ids) for ids in encoded]
+        return prompt_token_lengths(self.backbone.tokenizer, self.spec, texts)
 
     @torch.inference_mode()
     def exit_probabilities(self, texts: Sequence[str]) -> np.ndarray:

@@ -206,6 +206,18 @@ def _rows(
             errors.append(RowError(label, 1, f"header lacks column(s) {sorted(missing)}"))
             return
         for row in reader:
+            extra = row.pop(None, None)
+            if extra:
+                # "positive,a great, fun movie" would silently lose ", fun movie".
+                errors.append(
+                    RowError(
+                        label,
+                        reader.line_num,
+                        f"{len(extra)} more field(s) than the header's {len(reader.fieldnames or [])}; "
+                        f'quote a text that contains the delimiter ("...")',
+                    )
+                )
+                continue
             yield reader.line_num, row
     except _NotUtf8Error as exc:
         errors.append(RowError(label, exc.line, f"not UTF-8 ({exc.reason})"))

@@ -13,16 +13,23 @@ class TaskSpecError(ValueError):
     """A task spec is malformed; the message names the offending field."""
 
 
-class InvalidTaskNameError(ValueError):
-    """A task name that cannot name a task (also a folder and a collection name)."""
-
-
 class InvalidArgumentError(ValueError):
     """A request field is invalid; ``field`` names it."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class InvalidTaskNameError(InvalidArgumentError):
+    """A task name that cannot name a task (also a folder and a collection name).
+
+    An invalid argument like any other: a batch reports it per item.
+    """
+
+    def __init__(self, message: str) -> None:
+        ValueError.__init__(self, message)
+        self.field = "task"
 
 
 class InputTooLongError(InvalidArgumentError):

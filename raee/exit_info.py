@@ -8,6 +8,7 @@ have an empty list.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,4 +85,15 @@ class ExitStats:
             "with_correct_exit_pct": 100.0 * self.with_correct_exit / max(self.examples, 1),
             "accuracy_per_exit_pct": per_exit,
             "full_model_accuracy_pct": per_exit[-1],
+            # The cheapest exit with the best train accuracy: where the worker answers
+            # while retrieval is down (degraded), instead of at full depth.
+            "best_exit": best_exit(per_exit) if self.examples else None,
         }
+
+
+def best_exit(accuracy_per_exit_pct: Sequence[float]) -> int | None:
+    """The first (cheapest) exit with the highest accuracy; None without any measurement."""
+    if not accuracy_per_exit_pct:
+        return None
+    best = max(accuracy_per_exit_pct)
+    return next(i for i, accuracy in enumerate(accuracy_per_exit_pct) if accuracy == best)

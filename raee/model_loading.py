@@ -103,6 +103,20 @@ def _detect_kind(architectures: list[str]) -> BackboneKind:
     return "masked" if any(arch.endswith("ForMaskedLM") for arch in architectures) else "causal"
 
 
+def load_tokenizer(source: ModelSource, dtype: torch.dtype = torch.float32) -> PreTrainedTokenizerBase:
+    """The backbone's tokenizer alone, without its weights (for checks before the model loads)."""
+    path = Path(source.path) if not isinstance(source.path, Path) else source.path
+    try:
+        if str(source.path).endswith(".gguf"):
+            converted = converted_folder(path, dtype, source.sha256)
+            if (converted / "config.json").is_file():
+                return AutoTokenizer.from_pretrained(converted)
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(source.path)
+    except (OSError, ValueError) as exc:
+        raise BackboneLoadError(f"backbone: cannot load the tokenizer of {source.path}: {exc}") from exc
+
+
 def converted_folder(gguf_path: Path, dtype: torch.dtype, sha256: str | None = None) -> Path:
     """Where the safetensors copy of a GGUF file lives in the cache, keyed by content.
 

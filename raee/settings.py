@@ -115,6 +115,12 @@ class ServiceSettings(RaeeSettings):
         "least the longest client deadline",
         ge=0,
     )
+    metrics_host: str = env(
+        "RAEE_METRICS_HOST", "0.0.0.0", "address /metrics listens on (127.0.0.1: this host only)"
+    )
+    metrics_tls: bool = env(
+        "RAEE_METRICS_TLS", False, "serve /metrics over HTTPS with RAEE_TLS_CERT and RAEE_TLS_KEY"
+    )
 
 
 class RetrievalSettings(ServiceSettings, StoreSettings):

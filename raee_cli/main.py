@@ -203,18 +203,23 @@ def _spec_from_args(args: argparse.Namespace) -> TaskSpec:
 
 def _ingest(args: argparse.Namespace) -> int:
     from ingest import render_summary, run_ingest
-    from raee.backbone import Backbone
+    from ingest.job import check_prompt_lengths
+    from raee.backbone import DEFAULT_MAX_TOKENS, Backbone, backbone_tokenizer, prompt_token_lengths
     from raee.encoder import QueryEncoder
     from raee.store import open_store_from
 
     spec = _spec_from_args(args)
     examples, errors = read_examples(args.data, spec, data_format=args.data_format)
+    shard = _shard_from_args(args)
+    models = models_from_args(args)
+    # Prompt lengths need the tokenizer only: checked before the backbone loads.
+    lengths = prompt_token_lengths(backbone_tokenizer(models.backbone), spec, [e.text for e in examples])
+    examples, too_long = check_prompt_lengths(examples, lengths, DEFAULT_MAX_TOKENS, args.data)
+    errors = sorted([*errors, *too_long], key=lambda error: error.line)
     if errors and (not args.skip_invalid or not examples):
         raise DataError(errors)
     for error in errors:
         logging.getLogger("raee.ingest").warning("skipped %s", error)
-    shard = _shard_from_args(args)
-    models = models_from_args(args)
     backbone = Backbone.load(models.backbone)
     encoder = QueryEncoder(models.encoder)
     store = open_store_from(store_from_args(args))
@@ -311,11 +316,11 @@ def _up(args: argparse.Namespace) -> int:
 
 async def _run_up(retrieval: RetrievalSettings, inference: InferenceSettings) -> None:
     from raee.serving import tracing
-    from raee.serving.metrics import serve_metrics
+    from raee.serving.metrics import serve_metrics_of
     from raee.serving.server import wait_for_shutdown_signal
     from raee_cli.pair import start_pair
 
-    serve_metrics(retrieval.metrics_port)
+    serve_metrics_of(retrieval, retrieval.metrics_port)
     tracing.setup("raee", load(TracingSettings))
     pair = await start_pair(retrieval, inference)
     print(

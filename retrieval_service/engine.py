@@ -86,7 +86,7 @@ class RetrievalEngine:
                 if not np.isfinite(norm) or norm == 0.0:
                     results[position] = InvalidArgumentError("embedding", "must be finite and non-zero")
                     continue
-                vectors[position] = query.embedding / norm
+                vectors[position] = (query.embedding.astype(np.float64) / norm).astype(np.float32)
             else:
                 assert query.text is not None
                 to_encode.append((position, versions[query.task].spec.key_text(query.text)))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from raee.encoder import QueryEncoder
 from raee.serving import tracing
-from raee.serving.metrics import serve_metrics
+from raee.serving.metrics import serve_metrics_of
 from raee.serving.security import ServerSecurity
 from raee.serving.server import RunningServer, start_server, wait_for_shutdown_signal
 from raee.settings import RetrievalSettings, TracingSettings, load
@@ -63,7 +63,7 @@ async def start(settings: RetrievalSettings, *, encoder: QueryEncoder | None = N
 
 
 async def serve(settings: RetrievalSettings) -> None:
-    serve_metrics(settings.metrics_port)
+    serve_metrics_of(settings, settings.metrics_port)
     tracing.setup("raee-retrieval", load(TracingSettings))
     server = await start(settings)
     await wait_for_shutdown_signal()

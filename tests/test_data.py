@@ -73,3 +73,17 @@ def test_unreadable_inputs(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     assert "no rows" in str(read_examples(empty, SPEC)[1][0])
+
+
+def test_csv_rows_with_extra_fields_are_refused_not_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text('label,text\npositive,a great, fun movie\nnegative,"dull, slow"\n')
+    examples, errors = read_examples(path, SPEC)
+    assert [(e.text, e.label) for e in examples] == [("dull, slow", "negative")]
+    assert [str(e) for e in errors] == [
+        f'{path}:2: 1 more field(s) than the header\'s 2; quote a text that contains the delimiter ("...")'
+    ]
+    tsv = tmp_path / "d.tsv"
+    tsv.write_text("text\tlabel\ngood\tpositive\textra\n")
+    _, errors = read_examples(tsv, SPEC)
+    assert [e.line for e in errors] == [2]

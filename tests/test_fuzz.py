@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import random
 import resource
 
 import grpc
@@ -20,6 +21,7 @@ from prometheus_client import REGISTRY
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from raee_cli.pair import ServicePair
+from tests.wire_bodies import bodies
 
 EXAMPLES = int(os.environ.get("RAEE_FUZZ_EXAMPLES", "150"))
 BROKEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
@@ -137,6 +139,50 @@ async def test_fuzz_retrieval(
     await call(retrieval_stub.GetTask, retrieval_pb2.GetTaskRequest(task=task))
 
 
+WIRE_REQUESTS = int(os.environ.get("RAEE_WIRE_FUZZ_REQUESTS", "300"))
+
+
+def metric_codes() -> collections.Counter[str]:
+    by_code: collections.Counter[str] = collections.Counter()
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == "raee_grpc_request_seconds_count":
+                by_code[sample.labels["code"]] += int(sample.value)
+    return by_code
+
+
+async def test_wire_fuzz_raw_bytes_to_every_method(pair: ServicePair, demo_spec: TaskSpec) -> None:
+    """Random and mutated bytes, sent raw to all six methods: never UNKNOWN or INTERNAL."""
+    before = metric_codes()
+    sent = bodies(random.Random(13), demo_spec.name, WIRE_REQUESTS)
+    channels = {
+        "raee.v1.InferenceService": grpc.aio.insecure_channel(pair.inference_address),
+        "raee.v1.RetrievalService": grpc.aio.insecure_channel(pair.retrieval_address),
+    }
+    seen: collections.Counter[str] = collections.Counter()
+    limit = asyncio.Semaphore(8)
+
+    async def send(method: str, body: bytes) -> None:
+        channel = channels[method.split("/")[1]]
+        async with limit:
+            try:
+                await channel.unary_unary(method)(body, timeout=60)
+                seen["OK"] += 1
+            except grpc.aio.AioRpcError as error:
+                assert error.code() not in BROKEN, (method, body[:64], error.details())  # noqa: PT017
+                seen[error.code().name] += 1
+
+    try:
+        await asyncio.gather(*(send(method, body) for method, body in sent))
+    finally:
+        for channel in channels.values():
+            await channel.close()
+    after = metric_codes()
+    assert sum(seen.values()) == len(sent)
+    assert after["UNKNOWN"] == before["UNKNOWN"] and after["INTERNAL"] == before["INTERNAL"]
+    assert seen["INVALID_ARGUMENT"] > 0 and seen["OK"] > 0
+
+
 async def test_services_survive_the_fuzzing(pair: ServicePair, demo_spec: TaskSpec) -> None:
     """Runs after the fuzz tests in this module: both services still answer correctly."""
     before = rss_mb()
@@ -150,11 +196,7 @@ async def test_services_survive_the_fuzzing(pair: ServicePair, demo_spec: TaskSp
         )
     )
     assert all(a.label in demo_spec.label_names for a in answers)
-    by_code: collections.Counter[str] = collections.Counter()
-    for metric in REGISTRY.collect():
-        for sample in metric.samples:
-            if sample.name == "raee_grpc_request_seconds_count":
-                by_code[sample.labels["code"]] += int(sample.value)
+    by_code = metric_codes()
     assert by_code["INTERNAL"] == 0
     assert by_code["UNKNOWN"] == 0
     total = sum(by_code.values())

@@ -16,7 +16,7 @@ import pytest
 
 from ingest import length_sorted_batches, run_ingest
 from raee.backbone import Backbone
-from raee.data import read_examples
+from raee.data import DataError, read_examples
 from raee.encoder import QueryEncoder
 from raee.exit_info import ExitInfo
 from raee.store import open_store
@@ -112,6 +112,56 @@ def test_invalid_rows_stop_the_ingest_before_anything_is_written(
 
     assert main([*args, "--skip-invalid", "--no-progress"]) == 0
     assert open_store(home=tmp_path / "home").get_task("t").points == 1
+
+
+def test_overlong_prompts_are_reported_by_line_before_the_model_loads(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    gemma: Backbone,
+    encoder: QueryEncoder,
+) -> None:
+    data = tmp_path / "train.jsonl"
+    rows = [("fine", "positive"), ("bad", "negative"), ("word " * 700, "positive"), ("great", "positive")]
+    data.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in rows))
+    args = ["ingest", "--task", "t", "--template", "{text} It was", "--label", "negative=terrible"]
+    args += [
+        "--label",
+        "positive=great",
+        "--data",
+        str(data),
+        "--home",
+        str(tmp_path / "home"),
+        "--no-progress",
+    ]
+
+    def no_load(*_: object, **__: object) -> Backbone:
+        raise AssertionError("the backbone was loaded before the prompt lengths were checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Backbone, "load", no_load)
+        assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(
+        rf"{re.escape(str(data))}:3: the prompt is \d+ tokens, more than the backbone's 512", err
+    )
+    assert not (tmp_path / "home" / "tasks").exists()
+
+    assert main([*args, "--skip-invalid"]) == 0
+    assert open_store(home=tmp_path / "home").get_task("t").points == 3
+
+    # The library refuses it too, by file:line, not by its place in a length-sorted batch.
+    spec = TaskSpec.from_flags("t", "{text} It was", ["negative=terrible", "positive=great"])
+    examples, _ = read_examples(data, spec)
+    with pytest.raises(DataError, match=r"train.jsonl:3: the prompt is \d+ tokens"):
+        run_ingest(
+            spec,
+            examples,
+            backbone=gemma,
+            encoder=encoder,
+            store=open_store(home=tmp_path / "h2"),
+            progress=False,
+        )
 
 
 def test_spec_errors_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

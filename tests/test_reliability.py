@@ -91,3 +91,33 @@ async def test_calls_without_a_deadline_get_the_default(
     finally:
         await pair.stop()
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_shutdown_drops_no_admitted_call_with_64_queued_full_calls(
+    served_home: Path, gemma: Backbone, encoder: QueryEncoder, demo_spec: TaskSpec
+) -> None:
+    """A short grace period: the worker admits only what it can drain; the rest is refused up front."""
+    grace_s = 1.5
+    pair = await start_demo_pair(served_home, gemma, encoder, grace_s=grace_s)
+    try:
+        async with InferenceClient(pair.inference_address, timeout_s=60) as client:
+            for i in range(3):  # measured batch times feed the admission estimate
+                await client.classify(demo_spec.name, f"warm up {i}", "full")
+            calls = [
+                asyncio.ensure_future(
+                    client.classify(demo_spec.name, f"queued sentence {i} was fine", "full")
+                )
+                for i in range(64)
+            ]
+            await asyncio.sleep(0.3)
+            await pair.inference.stop(grace_s)
+            results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await pair.retrieval.stop(0)
+    codes = [r.code() if isinstance(r, grpc.aio.AioRpcError) else grpc.StatusCode.OK for r in results]
+    assert not [
+        r for r in results if not isinstance(r, grpc.aio.AioRpcError | inference_pb2.ClassifyResponse)
+    ]
+    # Every admitted call was answered; the others were refused before queueing, never dropped.
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert codes.count(grpc.StatusCode.OK) >= 1

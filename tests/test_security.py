@@ -5,8 +5,14 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import os
+import socket
 import ssl
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,15 +24,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from ingest import run_ingest
 from raee.backbone import Backbone
 from raee.data import read_examples
 from raee.encoder import QueryEncoder
+from raee.serving.metrics import serve_metrics, serve_metrics_of
 from raee.settings import InferenceSettings, RetrievalSettings
 from raee.store import open_store
 from raee.tasks import TaskSpec
-from raee.v1 import retrieval_pb2, retrieval_pb2_grpc
+from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from raee_cli.client import InferenceClient
 from raee_cli.demo import DEMO_DIR
 from raee_cli.pair import ServicePair, start_pair
@@ -184,6 +192,64 @@ async def test_missing_or_wrong_token_is_unauthenticated(
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_bearer_scheme_is_case_insensitive_and_one_header_only(
+    secure_pair: ServicePair, pki: dict[str, str], demo_spec: TaskSpec
+) -> None:
+    credentials = grpc.ssl_channel_credentials(Path(pki["ca"]).read_bytes())
+    request = inference_pb2.ClassifyRequest(
+        task=demo_spec.name, text="a fine film", mode=inference_pb2.MODE_FULL
+    )
+    async with grpc.aio.secure_channel(secure_pair.inference_address, credentials) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        for scheme in ("bearer", "BEARER", "Bearer", "bEaReR"):  # RFC 7235: the scheme is case-insensitive
+            answer = await stub.Classify(
+                request, metadata=(("authorization", f"{scheme} {INFERENCE_TOKEN}"),)
+            )
+            assert answer.label in demo_spec.label_names
+        before = REGISTRY.get_sample_value(
+            "raee_grpc_rejected_total", {"method": "Classify", "reason": "unauthenticated"}
+        )
+        for metadata in [
+            (("authorization", f"Bearer {INFERENCE_TOKEN}"), ("authorization", "Bearer wrong")),
+            (("authorization", "Bearer wrong"), ("authorization", f"Bearer {INFERENCE_TOKEN}")),
+            (("authorization", f"Bearer {INFERENCE_TOKEN}"), ("authorization", f"Bearer {INFERENCE_TOKEN}")),
+            (("authorization", f"Basic {INFERENCE_TOKEN}"),),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Classify(request, metadata=metadata, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
+        after = REGISTRY.get_sample_value(
+            "raee_grpc_rejected_total", {"method": "Classify", "reason": "unauthenticated"}
+        )
+        assert (after or 0) - (before or 0) == 4
+
+
+async def test_tokens_are_checked_before_bodies_are_decoded(
+    secure_pair: ServicePair, pki: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage bytes from a caller without a token: UNAUTHENTICATED, counted, logged once, no traceback."""
+    caplog.set_level(logging.WARNING)
+    credentials = grpc.ssl_channel_credentials(Path(pki["ca"]).read_bytes())
+
+    def unauthenticated() -> float:
+        value = REGISTRY.get_sample_value(
+            "raee_grpc_request_seconds_count", {"method": "ClassifyBatch", "code": "UNAUTHENTICATED"}
+        )
+        return value or 0.0
+
+    before = unauthenticated()
+    async with grpc.aio.secure_channel(secure_pair.inference_address, credentials) as channel:
+        raw = channel.unary_unary("/raee.v1.InferenceService/ClassifyBatch")
+        for _ in range(20):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await raw(b"\xff\xff\xff", timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert unauthenticated() - before == 20
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    refusals = [r for r in caplog.records if "refused a call" in r.getMessage()]
+    assert 1 <= len(refusals) < 20  # logged, rate-limited
+
+
 async def test_health_stays_open_without_a_token(secure_pair: ServicePair, pki: dict[str, str]) -> None:
     credentials = grpc.ssl_channel_credentials(Path(pki["ca"]).read_bytes())
     async with grpc.aio.secure_channel(secure_pair.inference_address, credentials) as channel:
@@ -301,3 +367,53 @@ def test_qdrant_api_key_is_sent_to_the_server() -> None:
         server.shutdown()
     assert seen
     assert seen[-1] == "qdrant-key-51c0"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_metrics_listen_where_configured_over_tls_if_asked(pki: dict[str, str]) -> None:
+    plain, secure = _free_port(), _free_port()
+    serve_metrics(plain, "127.0.0.1")
+    with urllib.request.urlopen(f"http://127.0.0.1:{plain}/metrics", timeout=10) as reply:
+        assert b"raee_grpc_request_seconds" in reply.read()
+    settings = RetrievalSettings(
+        metrics_host="127.0.0.1", metrics_tls=True, tls_cert=pki["server_cert"], tls_key=pki["server_key"]
+    )
+    serve_metrics_of(settings, secure)
+    context = ssl.create_default_context(cafile=pki["ca"])
+    with urllib.request.urlopen(f"https://localhost:{secure}/metrics", timeout=10, context=context) as reply:
+        assert b"raee_grpc_rejected_total" in reply.read()
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP to the TLS port: refused
+        urllib.request.urlopen(f"http://127.0.0.1:{secure}/metrics", timeout=10).read()
+    with pytest.raises(ValueError, match="RAEE_METRICS_TLS needs"):
+        serve_metrics_of(RetrievalSettings(metrics_tls=True), _free_port())
+
+
+def test_a_busy_metrics_port_exits_2_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            **os.environ,
+            "RAEE_METRICS_HOST": "127.0.0.1",
+            "RAEE_RETRIEVAL_METRICS_PORT": str(port),
+            "RAEE_RETRIEVAL_PORT": "0",
+            "RAEE_HOME": str(tmp_path),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "raee_cli.main", "serve", "retrieval"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == f"error: metrics_port: cannot listen on 127.0.0.1:{port} (Address already in use)"
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +19,7 @@ from ingest import run_ingest
 from raee.backbone import Backbone
 from raee.data import read_examples
 from raee.encoder import QueryEncoder
+from raee.exit_info import best_exit
 from raee.exit_rule import choose_exit
 from raee.store import VersionMeta, open_store
 from raee.tasks import TaskSpec
@@ -251,10 +254,28 @@ async def test_backbone_mismatch_is_a_failed_precondition(
     assert "some-other-model" in (caught.value.details() or "")
 
 
-async def test_worker_degrades_to_full_depth_without_retrieval(
-    served_home: Path, gemma: Backbone, encoder: QueryEncoder, demo_spec: TaskSpec
+@pytest.mark.parametrize("recorded", [True, False])
+async def test_worker_degrades_to_the_best_exit_without_retrieval(
+    served_home: Path,
+    tmp_path: Path,
+    gemma: Backbone,
+    encoder: QueryEncoder,
+    demo_spec: TaskSpec,
+    recorded: bool,
 ) -> None:
-    pair = await start_demo_pair(served_home, gemma, encoder, retrieval_timeout_ms=500.0)
+    """Retrieval down: answers at the task's best single exit from ingest, or full depth without one."""
+    home = tmp_path / "home"
+    shutil.copytree(served_home, home)
+    manifest_path = home / "tasks" / demo_spec.name / "CURRENT.json"
+    manifest = json.loads(manifest_path.read_text())
+    best = best_exit(manifest["stats"]["accuracy_per_exit_pct"])
+    assert best is not None and best < 18
+    if not recorded:  # a version without per-exit accuracies
+        del manifest["stats"]["accuracy_per_exit_pct"]
+        manifest["stats"].pop("best_exit", None)
+        manifest_path.write_text(json.dumps(manifest))
+        best = 18
+    pair = await start_demo_pair(home, gemma, encoder, retrieval_timeout_ms=500.0)
     try:
         async with InferenceClient(pair.inference_address) as client:
             healthy = await client.classify(demo_spec.name, TEXTS[1])  # caches the task spec
@@ -264,9 +285,10 @@ async def test_worker_degrades_to_full_depth_without_retrieval(
             probe = gemma.for_task(demo_spec)
             for answer, text in zip(answers, TEXTS, strict=True):
                 assert answer.degraded
-                assert "UNAVAILABLE" in answer.degraded_reason
-                assert answer.exit_layer == 18
-                np.testing.assert_allclose(answer.probabilities, probe.predict_at([text], 18)[0], atol=1e-5)
+                assert "UNAVAILABLE" in answer.degraded_reason or "retrying shortly" in answer.degraded_reason
+                assert ("best single exit" in answer.degraded_reason) == recorded
+                assert answer.exit_layer == best
+                np.testing.assert_allclose(answer.probabilities, probe.predict_at([text], best)[0], atol=1e-5)
     finally:
         await pair.inference.stop(0)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +157,54 @@ def test_embedded_store_is_readable_by_a_second_process_while_first_holds_it(tmp
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert output.stdout.strip() == "10"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["garbage", "incomplete", "a list", "wrong types", "version folder deleted"],
+)
+def test_damaged_embedded_store_is_a_store_error_naming_the_task(tmp_path: Path, damage: str) -> None:
+    store = open_store(home=tmp_path / "home")
+    version = publish(store, records(10))
+    with store.begin_version("other", DIM) as writer:
+        writer.add(records(4))
+        writer.publish(meta())
+    manifest = tmp_path / "home" / "tasks" / "toy" / "CURRENT.json"
+    text = manifest.read_text()
+    if damage == "garbage":
+        manifest.write_bytes(b"\x00\xffnot json at all")
+    elif damage == "incomplete":
+        manifest.write_text(text[: len(text) // 2])
+    elif damage == "a list":
+        manifest.write_text("[1, 2, 3]")
+    elif damage == "wrong types":
+        manifest.write_text(text.replace('"num_layers": 18', '"num_layers": {"x": 1}'))
+    else:
+        shutil.rmtree(manifest.parent / "versions" / version)
+    fresh = open_store(home=tmp_path / "home")  # nothing cached: reads the damage
+    if damage != "version folder deleted":  # there the manifest itself is fine
+        with pytest.raises(StoreError, match="task 'toy'"):
+            fresh.get_task("toy")
+    with pytest.raises(StoreError, match="task 'toy'"):
+        fresh.search("toy", records(1)[0].vector[None, :], 3)
+    # The other task is still listed; the damaged one is skipped (and logged).
+    listed = [v.task for v in fresh.list_tasks()]
+    assert "other" in listed
+    assert ("toy" in listed) == (damage == "version folder deleted")
+    # The store already serving the version before the damage keeps a clear error too.
+    assert store.get_task("other").points == 4
+
+
+def test_embedded_store_files_are_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        store = open_store(home=tmp_path / "home")
+        publish(store, records(10))
+    finally:
+        os.umask(old)
+    tasks = tmp_path / "home" / "tasks"
+    for path in [tasks, *tasks.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if path.is_symlink():
+            continue
+        assert mode & 0o077 == 0, f"{path.relative_to(tmp_path)} is {oct(mode)}"

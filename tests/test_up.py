@@ -167,7 +167,9 @@ def test_services_as_separate_processes_configured_by_env(
         == 0
     )
     retrieval_port, inference_port, http_port = free_port(), free_port(), free_port()
-    base = {**os.environ, "RAEE_GRACE_S": "5"}
+    # The grace period of the Kubernetes manifests (the worker admits only what drains in it),
+    # and a generous retrieval timeout: the first call of a fresh process is slow on a loaded machine.
+    base = {**os.environ, "RAEE_GRACE_S": "20", "RAEE_RETRIEVAL_TIMEOUT_MS": "10000"}
     retrieval = subprocess.Popen(
         [sys.executable, "-m", "raee_cli.main", "serve", "retrieval"],
         env={

@@ -4,9 +4,10 @@
   makes it mutual TLS (clients must present a certificate signed by that CA). The
   inference worker reaches the retrieval service the same way, with its own
   client certificate.
-* Bearer tokens: with a token configured, every call must carry
-  ``authorization: Bearer <token>`` or is refused with UNAUTHENTICATED, except the
-  health service, which probes use without credentials.
+* Bearer tokens: with a token configured, every call must carry exactly one
+  ``authorization: Bearer <token>`` header (the scheme in any case) or is refused
+  with UNAUTHENTICATED, except the health service, which probes use without
+  credentials.
 
 Tokens and keys never reach the logs: the settings hold them as ``SecretStr``.
 """
@@ -14,7 +15,7 @@ Tokens and keys never reach the logs: the settings hold them as ``SecretStr``.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from raee.serving.interceptors import REFUSALS_LOG, method_name, safe_deserializer
+from raee.serving.metrics import REJECTED, REQUEST_SECONDS
 from raee.settings import ServiceSettings
 
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -47,10 +50,37 @@ class ServerSecurity:
 
 
 class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses calls without exactly one valid ``authorization: Bearer <token>`` header.
+
+    The scheme is case-insensitive (RFC 7235 section 2.1). Two or more
+    ``authorization`` headers are refused as ambiguous, whatever they hold. The
+    check runs before the request body is decoded, so an unauthenticated caller
+    gets UNAUTHENTICATED even with garbage bytes. Refusals are counted
+    (``raee_grpc_rejected_total``, ``raee_grpc_request_seconds``) and logged at
+    most once per 10 s.
+    """
+
     def __init__(self, token: str) -> None:
         if not token:
             raise ValueError("auth_token: must not be empty")
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
+
+    def check(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+        """``None`` when the metadata authenticates the call, else the reason it does not."""
+        values = [value for key, value in metadata or () if key.lower() == "authorization"]
+        if not values:
+            return "missing"
+        if len(values) > 1:
+            return "ambiguous"
+        value = values[0]
+        if not isinstance(value, str):
+            return "malformed"
+        scheme, _, credentials = value.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return "malformed"
+        if not hmac.compare_digest(credentials.strip().encode(), self._expected):
+            return "wrong"
+        return None
 
     async def intercept_service(
         self,
@@ -60,16 +90,27 @@ class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_METHOD_PREFIXES):
             return handler
-        supplied = dict(details.invocation_metadata or ()).get("authorization", "")
-        if isinstance(supplied, str) and hmac.compare_digest(supplied.encode(), self._expected):
+        reason = self.check(details.invocation_metadata)
+        if reason is None:
             return handler
-        return _refusing(handler, "a valid 'authorization: Bearer <token>' header is required")
+        method = method_name(details)
+        REJECTED.labels(method, "unauthenticated").inc()
+        REFUSALS_LOG.warning(
+            f"unauthenticated:{method}", "%s: refused a call with a %s token", method, reason
+        )
+        message = (
+            "exactly one 'authorization' header is allowed"
+            if reason == "ambiguous"
+            else "a valid 'authorization: Bearer <token>' header is required"
+        )
+        return _refusing(handler, method, message)
 
 
-def _refusing(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED."""
+def _refusing(handler: grpc.RpcMethodHandler, method: str, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED (and counts it)."""
 
     async def refuse(_request: Any, context: aio.ServicerContext) -> None:
+        REQUEST_SECONDS.labels(method, grpc.StatusCode.UNAUTHENTICATED.name).observe(0.0)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     kinds = {
@@ -81,7 +122,7 @@ def _refusing(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHan
     make = kinds[(bool(handler.request_streaming), bool(handler.response_streaming))]
     return make(
         refuse,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=safe_deserializer(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 

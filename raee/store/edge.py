@@ -46,6 +46,9 @@ from raee.tasks import check_task_name
 logger = logging.getLogger(__name__)
 
 MANIFEST = "CURRENT.json"
+# Training texts are in the store: only the owner may read it, whatever the umask.
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
 
 
 class EdgeExitStore(ExitStore):
@@ -63,7 +66,9 @@ class EdgeExitStore(ExitStore):
         if version is not None:
             raise StoreError(SHARDING_NEEDS_SERVER)
         task_dir = self.root / check_task_name(task)
-        (task_dir / "versions").mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        for folder in (self.root, task_dir, task_dir / "versions"):
+            folder.mkdir(mode=PRIVATE_DIR, exist_ok=True)
         lock = _acquire_writer_lock(task_dir / ".ingest.lock", task)
         try:
             _remove_unpublished(task_dir)
@@ -78,10 +83,17 @@ class EdgeExitStore(ExitStore):
         return self._current(task).info
 
     def list_tasks(self) -> list[TaskVersion]:
+        """Every task with a readable manifest; a damaged one is logged and skipped, not fatal."""
         if not self.root.is_dir():
             return []
         names = sorted(p.name for p in self.root.iterdir() if (p / MANIFEST).is_file())
-        return [_read_manifest(self.root / name / MANIFEST) for name in names]
+        versions: list[TaskVersion] = []
+        for name in names:
+            try:
+                versions.append(_read_manifest(self.root / name / MANIFEST, name))
+            except StoreError as error:
+                logger.warning("ListTasks skips %s", error)
+        return versions
 
     def search(self, task: str, vectors: np.ndarray, k: int) -> SearchResult:
         loaded = self._current(task)
@@ -91,7 +103,14 @@ class EdgeExitStore(ExitStore):
             # The version may have been replaced and removed since we resolved it.
             self._loaded.pop(task, None)
             loaded = self._current(task)
-            hits = loaded.query(vectors, k, self.exact)
+            try:
+                hits = loaded.query(vectors, k, self.exact)
+            except Exception as exc:
+                self._loaded.pop(task, None)
+                raise StoreError(
+                    f"task {task!r}: version {loaded.info.version} cannot be searched "
+                    f"({type(exc).__name__}); re-ingest the task"
+                ) from exc
         return SearchResult(version=loaded.info, neighbours=hits)
 
     def size_bytes(self, task: str) -> int | None:
@@ -117,8 +136,20 @@ class EdgeExitStore(ExitStore):
         with self._lock:
             loaded = self._loaded.get(task)
             if loaded is None or loaded.key != key:
-                info = _read_manifest(manifest)
-                shard = qe.EdgeShard.load(str(manifest.parent / "versions" / info.version))
+                info = _read_manifest(manifest, task)
+                folder = manifest.parent / "versions" / info.version
+                if not folder.is_dir():
+                    raise StoreError(
+                        f"task {task!r}: the published version {info.version} is missing from the store; "
+                        "re-ingest the task"
+                    )
+                try:
+                    shard = qe.EdgeShard.load(str(folder))
+                except Exception as exc:  # the engine raises plain exceptions on a damaged shard
+                    raise StoreError(
+                        f"task {task!r}: version {info.version} cannot be opened ({type(exc).__name__}); "
+                        "re-ingest the task"
+                    ) from exc
                 loaded = _LoadedVersion(key=key, info=info, shard=shard)
                 self._loaded[task] = loaded
                 logger.info("serving %s version %s (%d points)", task, info.version, info.points)
@@ -167,6 +198,7 @@ class _EdgeVersionWriter(VersionWriter):
         self._shard.optimize()
         points = self._shard.info().points_count
         self._shard.close()
+        _make_private(self.folder)
         info = TaskVersion.build(self.task, self.version, meta, self.dim, points)
         _write_atomically(self.task_dir / MANIFEST, json.dumps(info.to_dict(), indent=2))
         self.published = info
@@ -183,7 +215,7 @@ class _EdgeVersionWriter(VersionWriter):
 
 
 def _acquire_writer_lock(path: Path, task: str) -> IO[bytes]:
-    handle = path.open("ab")
+    handle = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE), "ab")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -195,22 +227,48 @@ def _acquire_writer_lock(path: Path, task: str) -> IO[bytes]:
 def _remove_unpublished(task_dir: Path) -> None:
     """Delete every version folder but the published one (only under the writer lock)."""
     manifest = task_dir / MANIFEST
-    current = _read_manifest(manifest).version if manifest.is_file() else None
+    try:
+        current = _read_manifest(manifest, task_dir.name).version if manifest.is_file() else None
+    except StoreError:
+        current = None  # a damaged manifest: this ingest publishes a new one
     for folder in (task_dir / "versions").iterdir():
         if folder.name != current:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _read_manifest(path: Path) -> TaskVersion:
+def _make_private(folder: Path) -> None:
+    """0700 folders and 0600 files under ``folder`` (the engine creates them under the umask)."""
+    folder.chmod(PRIVATE_DIR)
+    for path in folder.rglob("*"):
+        if path.is_symlink():
+            continue
+        path.chmod(PRIVATE_DIR if path.is_dir() else PRIVATE_FILE)
+
+
+def _read_manifest(path: Path, task: str) -> TaskVersion:
+    """The manifest of ``task``; any damage is a :class:`StoreError` naming the task, never a crash."""
     try:
-        return TaskVersion.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, KeyError) as exc:
-        raise StoreError(f"{path}: unreadable manifest ({exc})") from exc
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        info = TaskVersion.from_dict(data)
+    except FileNotFoundError:
+        raise TaskNotFoundError(task) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"[:200]
+        raise StoreError(
+            f"task {task!r}: its manifest {MANIFEST} is damaged ({reason}); re-ingest the task"
+        ) from exc
+    version = info.version
+    if info.task != task or not 0 < len(version) <= 64 or "/" in version or version.startswith("."):
+        raise StoreError(f"task {task!r}: its manifest {MANIFEST} names another task or a bad version")
+    return info
 
 
 def _write_atomically(path: Path, text: str) -> None:
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with staging.open("w", encoding="utf-8") as handle:
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())

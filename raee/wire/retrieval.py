@@ -20,7 +20,7 @@ from raee.errors import (
     TaskNotFoundError,
     UpstreamUnavailableError,
 )
-from raee.exit_info import ExitInfo
+from raee.exit_info import ExitInfo, best_exit
 from raee.exit_rule import ExitDecision, Fallback
 from raee.serving.errors import status_code_value
 from raee.store import Neighbour, TaskVersion
@@ -79,6 +79,7 @@ class RemoteTask:
     spec: TaskSpec
     version: str
     backbone_id: str
+    best_exit: int | None = None  # the best single exit at ingest (None: not measured)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ def exit_query(request: retrieval_pb2.ExitDistributionRequest, limits: QueryLimi
     include = request.include_neighbours
     if request.WhichOneof("query") == "embedding":
         values = np.asarray(request.embedding.values, dtype=np.float32)
+        if not np.all(np.isfinite(values)):
+            raise InvalidArgumentError("embedding", "values must be finite numbers (no NaN or infinity)")
         return ExitQuery(task, k, embedding=values, include_neighbours=include)
     if request.WhichOneof("query") is None:
         raise InvalidArgumentError("text", "give a non-empty text or an embedding")
@@ -110,7 +113,7 @@ def exit_query(request: retrieval_pb2.ExitDistributionRequest, limits: QueryLimi
 def exit_queries(
     request: retrieval_pb2.BatchExitDistributionRequest, limits: QueryLimits, max_items: int
 ) -> list[ExitQuery | InvalidArgumentError]:
-    """Each item's query, or that item's own validation error."""
+    """Each item's query, or that item's own validation error (a bad task name included)."""
     return validate_each(request.requests, max_items, lambda item: exit_query(item, limits))
 
 
@@ -219,7 +222,10 @@ class RetrievalClient:
             )
         except grpc.aio.AioRpcError as error:
             raise _domain_error(error, task) from None
-        return RemoteTask(common.task_spec(info.spec, f"task {task}"), info.version, info.backbone_id)
+        best = best_exit(list(info.accuracy_per_exit_pct))
+        if best is not None and not 0 <= best <= info.num_layers:
+            best = None
+        return RemoteTask(common.task_spec(info.spec, f"task {task}"), info.version, info.backbone_id, best)
 
     async def task_info(self, task: str) -> common_pb2.TaskInfo:
         """The task's published version as the service describes it (relayed as is)."""
