@@ -13,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN = {"raee", "raee_cli", "ingest", "retrieval_service", "inference_service", "evaluation"}
+SHIPPED_BESIDE = {"raee_client"}  # clients/python, installed by the same distribution
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
@@ -30,12 +31,15 @@ def _imported(package: str) -> set[str]:
                 modules.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
                 modules.add(node.module.split(".")[0])
-    return modules - OWN - set(sys.stdlib_module_names) - {"__future__"}
+    return modules - OWN - SHIPPED_BESIDE - set(sys.stdlib_module_names) - {"__future__"}
 
 
 @pytest.mark.parametrize(
     ("package", "extras"),
-    [(p, ()) for p in sorted(OWN - {"evaluation"})] + [("evaluation", ("eval",))],
+    # raee's tracing module imports OpenTelemetry only when the [otel] extra is installed.
+    [("raee", ("otel",))]
+    + [(p, ()) for p in sorted(OWN - {"raee", "evaluation"})]
+    + [("evaluation", ("eval",))],
 )
 def test_imports_are_declared(package: str, extras: tuple[str, ...]) -> None:
     declared = {_name(r) for r in PROJECT["dependencies"]}
