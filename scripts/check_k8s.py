@@ -7,7 +7,7 @@
    which it has no schemas for, excepted).
 3. checkov lints the rendered YAML with its Kubernetes checks: pinned images, requests and
    limits, probes, the restricted Pod Security settings, and so on. Its settings, and the
-   checks skipped with the reason why, are in ``scripts/checkov.yaml``.
+   checks skipped with the reason why, are in ``.checkov.yaml`` (the repository root, checkov's usual place).
 4. ``k8s_contract.py`` checks what only this project knows: the ``RAEE_*`` keys against the
    service configuration, ports and gRPC health names, peer addresses, the ingest flow and
    the Qdrant cluster wiring.
@@ -44,7 +44,7 @@ if str(_HERE) not in sys.path:
 from k8s_contract import Obj, contract_problems, ident  # noqa: E402
 
 REPO = _HERE.parent
-CHECKOV_CONFIG = _HERE / "checkov.yaml"
+CHECKOV_CONFIG = _HERE.parent / ".checkov.yaml"
 K8S_VERSION = "1.35.0"
 
 
