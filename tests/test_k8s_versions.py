@@ -72,3 +72,32 @@ def test_pod_monitor_component_selects_the_pods_and_ports(tmp_path: Path) -> Non
                 assert endpoint["port"] in ports, (name, endpoint["port"])
             scraped.add(name)
     assert scraped == {"qdrant", "raee-retrieval", "raee-inference"}
+
+
+def test_keda_component_replaces_the_hpa_and_scales_on_the_queue(tmp_path: Path) -> None:
+    """The optional ScaledObject, rendered with the prod overlay: it targets the worker, takes
+    over from the CPU-only HPA, and queries the queue gauge the worker really exports."""
+    from inference_service.signals import QUEUE_SIZE
+
+    beside = Path(sys.executable).parent / "kubectl"
+    kubectl = str(beside) if beside.exists() else shutil.which("kubectl") or "kubectl"
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: raee\n"
+        f"resources:\n  - {os.path.relpath(ROOT / 'k8s/overlays/prod', overlay)}\n"
+        f"components:\n  - {os.path.relpath(ROOT / 'k8s/components/keda', overlay)}\n"
+    )
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    objects = [o for o in yaml.safe_load_all(rendered) if o]
+    assert not [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"], "two autoscalers would fight"
+    (scaled,) = [o for o in objects if o["kind"] == "ScaledObject"]
+    target = scaled["spec"]["scaleTargetRef"]
+    assert any(o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"] for o in objects)
+    triggers = {t["type"]: t for t in scaled["spec"]["triggers"]}
+    assert set(triggers) == {"prometheus", "cpu"}
+    gauge = QUEUE_SIZE.describe()[0].name
+    assert f"{gauge}{{" in triggers["prometheus"]["metadata"]["query"]
+    assert scaled["metadata"]["namespace"] == "raee"
