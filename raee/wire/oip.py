@@ -23,6 +23,7 @@ field at fault and never echoes the input.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from raee.errors import InvalidArgumentError
 from raee.oip import grpc_predict_v2_pb2 as pb
 from raee.v1 import inference_pb2
 from raee.wire.inference import MODE_TO_WIRE, Mode, Outcome, WorkItem, work_item
-from raee.wire.validate import require_batch
+from raee.wire.validate import json_object, require_batch
 
 SERVER_NAME = "raee-serve"
 SERVER_VERSION = __version__
@@ -290,17 +291,10 @@ def json_call(
     model: str, version: str, body: bytes, header_length: int | None, *, max_text_chars: int, max_items: int
 ) -> tuple[InferCall, set[str]]:
     """A REST infer request (JSON, or JSON + binary tensors); also the outputs wanted in binary."""
-    import json
-
     if header_length is not None and not 0 <= header_length <= len(body):
         raise InvalidArgumentError("Inference-Header-Content-Length", "is outside the body")
     head, binary = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
-    try:
-        request = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidArgumentError("body", f"is not valid JSON ({type(error).__name__})") from None
-    if not isinstance(request, dict):
-        raise InvalidArgumentError("body", "must be a JSON object")
+    request = json_object(head)
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidArgumentError("inputs", f"the model has one input, {INPUT!r}")
@@ -360,8 +354,6 @@ def json_response(
     call: InferCall, version: str, tensors: Sequence[Tensor], binary: set[str]
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary tensors follow it."""
-    import json
-
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for tensor in tensors:

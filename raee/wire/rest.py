@@ -9,7 +9,6 @@ grpc-gateway gives the same gRPC status.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from raee.errors import InvalidArgumentError
 from raee.serving.errors import status_of
 from raee.wire.inference import Outcome, WorkItem
 from raee.wire.oip import infer_call
+from raee.wire.validate import json_object
 
 # grpc-gateway's mapping (runtime/errors.go HTTPStatusFromCode).
 HTTP_STATUS = {
@@ -49,12 +49,7 @@ def http_error(error: BaseException) -> tuple[int, dict[str, str]]:
 
 def classify_items(body: bytes, *, max_text_chars: int, max_items: int) -> list[WorkItem]:
     """Validate a ``/v1/classify`` body into work items; every error names its field."""
-    try:
-        request = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidArgumentError("body", f"is not valid JSON ({type(error).__name__})") from None
-    if not isinstance(request, dict):
-        raise InvalidArgumentError("body", "must be a JSON object")
+    request = json_object(body)
     unknown = [key for key in request if key not in ("task", "texts", "mode", "layer", "k")]
     if unknown:
         raise InvalidArgumentError(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence, Sized
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from raee.errors import InvalidArgumentError
 from raee.tasks import check_task_name
@@ -53,3 +54,14 @@ def validate_each(
         except InvalidArgumentError as error:
             items.append(error)
     return items
+
+
+def json_object(body: bytes, field: str = "body") -> dict[str, Any]:
+    """A request body that must be one JSON object (the REST endpoints' bodies)."""
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidArgumentError(field, f"is not valid JSON ({type(error).__name__})") from None
+    if not isinstance(value, dict):
+        raise InvalidArgumentError(field, "must be a JSON object")
+    return value
