@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from evaluation.methods import ABLATIONS, METHODS
+from evaluation.methods import ABLATIONS, DEFINITIONS, DEGENERATE, METHODS
 
 
 def averages(tasks: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -25,6 +25,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"`{summary['command']}`. Score: accuracy %, CoLA Matthews correlation x 100; "
         "in brackets, the average exit.",
         "",
+        *(f"- `{name}`: {meaning}" for name, meaning in DEFINITIONS.items()),
+        "",
     ]
     for family, tasks in summary["families"].items():
         lines.append(f"### {family}")
@@ -34,6 +36,30 @@ def markdown(summary: dict[str, Any]) -> str:
         rows = {**tasks, "**average**": averages(tasks)}
         for task, methods in rows.items():
             cells = [_cell(methods[m]) for m in METHODS]
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def degenerate_markdown(summary: dict[str, Any], details: dict[str, Any]) -> str:
+    """The baselines that count constant exits, beside their meaningful variants."""
+    lines = [
+        "### Baselines over every exit, constant ones included",
+        "",
+        "A constant exit predicts one class for at least 99 % of a train sample; in a causal LM "
+        "exit 0 always does. `confidence` and `oracle` above skip such exits. Counting them, "
+        "`confidence_all_exits` stops at a confident constant exit and scores that class's share, "
+        "and `oracle_all_exits` is right whenever some exit names the gold label: on a binary task "
+        "with a constant exit for each class, 100 by construction.",
+        "",
+    ]
+    for family, tasks in summary["families"].items():
+        names = ("confidence", "oracle", *DEGENERATE)
+        lines.append(f"| {family} | " + " | ".join(names) + " | constant exits |")
+        lines.append("|---" * (len(names) + 2) + "|")
+        for task, scores in tasks.items():
+            constant = details[family][task]["constant_exits"]
+            cells = [*(_cell(scores[name]) for name in names), ", ".join(map(str, constant)) or "none"]
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -75,7 +101,8 @@ def write(summary: dict[str, Any], details: dict[str, Any], out: Path) -> list[P
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "summary.json", out / "results.md", out / "details.json"]
     written[0].write_text(json.dumps(summary, indent=2) + "\n")
-    written[1].write_text(markdown(summary) + "\n" + ablation_markdown(summary, details) + "\n")
+    sections = (markdown(summary), degenerate_markdown(summary, details), ablation_markdown(summary, details))
+    written[1].write_text("\n".join(sections) + "\n")
     written[2].write_text(json.dumps(details, indent=2) + "\n")
     written += plots(summary, details, out)
     return written

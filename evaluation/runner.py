@@ -11,7 +11,8 @@ For every task the runner
 4. measures batch-1 latency p50 through gRPC on a sample: RAEE, FULL, the static
    exit (FIXED mode), and the retrieval call alone (the kNN vote's cost); and,
    from the services' own timings of the same calls, the retrieval overhead:
-   encode + search + aggregate over the full forward pass.
+   encode + search + aggregate over the full forward pass; and, running the
+   backbone in this process to RAEE's exits, what RAEE costs beyond those layers.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from evaluation.methods import ABLATIONS, METHODS, TaskArrays, constant_exits, evaluate
+from evaluation.methods import ABLATIONS, DEGENERATE, METHODS, TaskArrays, constant_exits, evaluate
 from evaluation.report import write
 from ingest import run_ingest
 from raee.backbone import Backbone, TaskProbe
@@ -224,6 +225,7 @@ async def retrieve_neighbours(
 
 
 RETRIEVAL_PARTS = ("encode", "search", "aggregate")
+IN_PROCESS = ("in_process_raee_exit", "in_process_full")
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,12 @@ class Batch1Timing:
         return self.retrieval_ms / self.parts_ms["full_forward"]
 
     @property
+    def overhead_vs_fixed(self) -> float:
+        """RAEE's p50 beyond an in-process forward to the same exits, over an in-process full forward."""
+        beyond = self.p50_ms["raee"] - self.p50_ms["in_process_raee_exit"]
+        return beyond / self.p50_ms["in_process_full"]
+
+    @property
     def overhead_by_part(self) -> dict[str, float]:
         return {part: self.parts_ms[part] / self.parts_ms["full_forward"] for part in RETRIEVAL_PARTS}
 
@@ -255,14 +263,18 @@ class Batch1Timing:
 async def batch1_timing(
     inference: inference_pb2_grpc.InferenceServiceStub,
     retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
-    task: str,
+    probe: TaskProbe,
     texts: Sequence[str],
     fixed_exits: dict[str, int],
 ) -> Batch1Timing:
     """Batch-1 latency per way of answering, the ways alternating request by request.
 
     ``fixed_exits`` names methods served as a fixed exit (FIXED mode at that layer).
+    Beside the gRPC calls, the same backbone runs in this process, without retrieval
+    or services, to RAEE's exit for the text (``in_process_raee_exit``) and to the
+    last exit (``in_process_full``): what RAEE costs beyond the layers it runs.
     """
+    task = probe.spec.name
 
     def fixed(layer: int) -> Any:
         return lambda t: inference.Classify(classify_request(task, t, "fixed", layer), timeout=60)
@@ -275,20 +287,26 @@ async def batch1_timing(
         ),
         **{name: fixed(layer) for name, layer in fixed_exits.items()},
     }
-    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    latencies: dict[str, list[float]] = {name: [] for name in (*calls, *IN_PROCESS)}
     parts: dict[str, list[float]] = {name: [] for name in (*RETRIEVAL_PARTS, "full_forward")}
     for text in texts:
+        raee_exit = probe.num_layers
         for name, call in calls.items():
             started = time.perf_counter()
             reply = await call(text)
             latencies[name].append(1000 * (time.perf_counter() - started))
             if name == "raee":
                 check_not_degraded(task, "batch-1 raee", int(reply.degraded))
+                raee_exit = int(reply.exit_layer)
             if name == "knn":
                 for part in RETRIEVAL_PARTS:
                     parts[part].append(getattr(reply.timing, f"{part}_ms"))
             elif name == "full":
                 parts["full_forward"].append(reply.forward_ms)
+        for name, layer in zip(IN_PROCESS, (raee_exit, probe.num_layers), strict=True):
+            started = time.perf_counter()
+            probe.predict_at([text], layer)
+            latencies[name].append(1000 * (time.perf_counter() - started))
     return Batch1Timing(
         p50_ms={name: float(np.percentile(values, 50)) for name, values in latencies.items()},
         parts_ms={name: float(np.percentile(values, 50)) for name, values in parts.items()},
@@ -349,7 +367,6 @@ async def evaluate_task(
     timed = speed_sample(len(texts), max(latency_sample, THROUGHPUT_CLIENTS * 4))
     timed_texts = [texts[i] for i in timed]
     train_sample = _examples(task.train, spec, tau_sample)
-    accuracy_per_exit = np.asarray(version.stats["accuracy_per_exit_pct"])
     neighbours = await retrieve_neighbours(retrieval, spec, texts)
     arrays = TaskArrays(
         gold=np.array([e.label_index for e in tests]),
@@ -359,14 +376,14 @@ async def evaluate_task(
         full_preds=full_preds,
         neighbour_labels=np.array([[n.label_index for n in row] for row in neighbours]),
         neighbours=neighbours,
-        train_accuracy_per_exit=accuracy_per_exit,
         train_probs=exit_probabilities(probe, [e.text for e in train_sample]),
         train_gold=np.array([e.label_index for e in train_sample]),
     )
     scores = evaluate(arrays, spec.metric)
     # The exit-based baselines are timed as the fixed exit they (on average) run to.
-    fixed_exits = {m: round(scores[m].avg_exit) for m in ("static", "confidence", "oracle")}
-    timing = await batch1_timing(inference, retrieval, spec.name, timed_texts[:latency_sample], fixed_exits)
+    exit_based = ("static", "confidence", "oracle", *DEGENERATE)
+    fixed_exits = {m: round(scores[m].avg_exit) for m in exit_based}
+    timing = await batch1_timing(inference, retrieval, probe, timed_texts[:latency_sample], fixed_exits)
     concurrent = await throughput_ratio(inference, spec.name, timed_texts)
     return {
         "methods": {
@@ -376,7 +393,7 @@ async def evaluate_task(
                 "p50_ms": round(timing.p50_ms[method], 2),
             }
             for method, score in scores.items()
-            if method in METHODS
+            if method in (*METHODS, *DEGENERATE)
         },
         "ablations": {
             method: {"score": round(scores[method].score, 2), "avg_exit": round(scores[method].avg_exit, 3)}
@@ -390,6 +407,8 @@ async def evaluate_task(
         "latency_ratio_p50": timing.p50_ms["raee"] / timing.p50_ms["full"],
         f"throughput_ratio_{THROUGHPUT_CLIENTS}": concurrent,
         "retrieval_overhead": timing.retrieval_overhead,
+        "overhead_vs_fixed": timing.overhead_vs_fixed,
+        "in_process_p50_ms": {name: round(timing.p50_ms[name], 3) for name in IN_PROCESS},
         "retrieval_overhead_grpc": timing.p50_ms["knn"] / timing.p50_ms["full"],
         "retrieval_overhead_by_part": timing.overhead_by_part,
         "batch1_parts_p50_ms": {part: round(ms, 3) for part, ms in timing.parts_ms.items()},
@@ -496,6 +515,7 @@ def speed_summary(details: dict[str, dict[str, Any]], out: Path) -> dict[str, An
         "latency_ratio_p50": mean("latency_ratio_p50"),
         f"throughput_ratio_{THROUGHPUT_CLIENTS}": mean(f"throughput_ratio_{THROUGHPUT_CLIENTS}"),
         "retrieval_overhead": mean("retrieval_overhead"),
+        "overhead_vs_fixed": mean("overhead_vs_fixed"),
         "retrieval_overhead_by_part": {
             part: float(np.mean([d["retrieval_overhead_by_part"][part] for d in done]))
             for part in RETRIEVAL_PARTS

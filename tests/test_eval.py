@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from evaluation.methods import METHODS
+from evaluation.methods import DEGENERATE, METHODS
 from evaluation.runner import DegradedAnswersError, classify_both
 from raee.backbone import Backbone
 from raee.encoder import QueryEncoder
@@ -30,7 +30,7 @@ def test_eval_writes_the_summary_table_and_plots(tmp_path: Path, capsys: pytest.
     assert summary["num_layers"] == 18
     assert summary["backbone"].startswith("gemma-3-270m/L18/")
     methods = summary["families"]["custom"]["demo-sentiment"]
-    assert set(methods) == set(METHODS)
+    assert set(methods) == {*METHODS, *DEGENERATE}
     for values in methods.values():
         assert set(values) == {"score", "avg_exit", "p50_ms"}
         assert 0.0 <= values["score"] <= 100.0
@@ -40,6 +40,7 @@ def test_eval_writes_the_summary_table_and_plots(tmp_path: Path, capsys: pytest.
     assert methods["oracle"]["score"] >= max(methods[m]["score"] for m in ("full", "static", "confidence"))
     speed = summary["speed"]
     shape = {"latency_ratio_p50", "throughput_ratio_16", "retrieval_overhead", "ingest_vs_forward"}
+    assert {"overhead_vs_fixed", "retrieval_overhead_grpc", "throughput_ratio_classify_batch"} <= set(speed)
     assert shape <= set(speed)
     assert speed["ingest_vs_forward"] == 1.25
     assert all(speed[key] > 0 for key in shape)
@@ -57,6 +58,11 @@ def test_eval_writes_the_summary_table_and_plots(tmp_path: Path, capsys: pytest.
     assert all(0 <= exit_ <= 18 for exit_ in detail["constant_exits"])
     assert "raee_informative" in (out / "results.md").read_text()
     assert detail["degraded"] == {"raee": 0, "full": 0}
+    # RAEE beyond the layers it runs: the same exits run in-process, without retrieval or services.
+    in_process = detail["in_process_p50_ms"]
+    assert 0 < in_process["in_process_raee_exit"] <= in_process["in_process_full"] * 1.5
+    beyond = methods["raee"]["p50_ms"] - in_process["in_process_raee_exit"]
+    assert speed["overhead_vs_fixed"] == pytest.approx(beyond / in_process["in_process_full"], rel=0.02)
     timed = detail["speed_sample"]["test_indices"]
     assert len(set(timed)) == len(timed) and all(0 <= i < detail["test_examples"] for i in timed)
     assert timed != sorted(timed), "the speed sample is shuffled, not the file's first rows"

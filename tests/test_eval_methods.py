@@ -81,7 +81,6 @@ def test_evaluate_scores_every_method() -> None:
         neighbour_labels=np.array([[1, 1, 0], [0, 0, 1], [0, 1, 0], [1, 1, 1]]),
         # Exit 0 predicts class 1 for examples 1, 3 (0.6 > 0.5) and class 0 for 2, 4: not constant.
         neighbours=[[neighbour(0.1, (1,), (0.7,))]] * 4,
-        train_accuracy_per_exit=np.array([40.0, 70.0, 60.0]),
         train_probs=test,
         train_gold=gold,
     )
@@ -89,9 +88,40 @@ def test_evaluate_scores_every_method() -> None:
     assert (scores["full"].score, scores["full"].avg_exit) == (50.0, 2.0)  # right on 1 and 4
     assert (scores["raee"].score, scores["raee"].avg_exit) == (100.0, 1.0)
     assert (scores["knn"].score, scores["knn"].avg_exit) == (50.0, 0.0)  # votes 1, 0, 0, 1
-    assert (scores["static"].score, scores["static"].avg_exit) == (50.0, 1.0)  # exit 1: 0, 1, 1, 0
+    # Every exit scores 50 on the train sample (here the test set): the shallowest wins.
+    assert (scores["static"].score, scores["static"].avg_exit) == (50.0, 0.0)
     assert scores["oracle"].score == 75.0  # example 3 is wrong at every exit
     assert scores["oracle"].avg_exit == pytest.approx((0 + 1 + 2 + 0) / 4)
     assert 0.0 <= scores["confidence"].score <= 100.0
-    # No exit is constant here, so the ablation is the rule itself: exit 1 for all.
+    # No exit is constant here: each baseline equals its variant over every exit,
+    # and the ablation is the rule itself: exit 1 for all.
+    for name in ("confidence", "oracle"):
+        assert scores[f"{name}_all_exits"] == scores[name]
     assert (scores["raee_informative"].score, scores["raee_informative"].avg_exit) == (50.0, 1.0)
+
+
+def test_constant_exits_do_not_make_the_baselines_degenerate() -> None:
+    """CoLA-like: exit 0 says class 1 for everything, which is 75 % accurate and worth MCC 0."""
+    test = probs([0.9, 0.8, 0.7], [0.9, 0.3, 0.3], [0.9, 0.7, 0.9], [0.9, 0.2, 0.1])
+    gold = np.array([1, 1, 1, 0])
+    arrays = TaskArrays(
+        gold=gold,
+        test_probs=test,
+        raee_preds=gold,
+        raee_exits=np.ones(4, dtype=np.int64),
+        full_preds=test[:, -1].argmax(-1),
+        neighbour_labels=np.ones((4, 1), dtype=np.int64),
+        neighbours=[[neighbour(0.1, (1,), (0.7,))]] * 4,
+        train_probs=test,
+        train_gold=gold,
+    )
+    mcc = Metric.MATTHEWS.score(np.array([1, 0, 1, 0]), gold)  # exits 1 and 2 predict 1, 0, 1, 0
+    scores = evaluate(arrays, Metric.MATTHEWS)
+    # By accuracy all three exits tie and the constant exit 0 would be chosen; by MCC, exit 1.
+    assert (scores["static"].score, scores["static"].avg_exit) == (pytest.approx(mcc), 1.0)
+    # Confidence skips exit 0 however confident it is; over every exit, tau must exceed its 0.9.
+    assert (scores["confidence"].score, scores["confidence"].avg_exit) == (pytest.approx(mcc), 1.0)
+    assert scores["confidence_all_exits"].avg_exit == 2.0
+    # The oracle over informative exits misses example 2; counting exit 0 covers every label.
+    assert (scores["oracle"].score, scores["oracle"].avg_exit) == (pytest.approx(mcc), 1.25)
+    assert (scores["oracle_all_exits"].score, scores["oracle_all_exits"].avg_exit) == (100.0, 0.25)
