@@ -93,8 +93,14 @@ def _verified(folder: Path) -> bool:
 
 def _export(model: SentenceTransformer, target: Path) -> None:
     logger.info("exporting the query encoder to ONNX once; cached at %s", target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".exporting-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".exporting-", dir=target.parent))
+    except OSError as exc:  # a read-only cache (a baked image) without the export
+        raise EncoderLoadError(
+            f"encoder: no ONNX export at {target} and the cache is not writable ({exc}); "
+            "run `raee prepare` with this RAEE_CACHE_DIR, or set RAEE_ENCODER_RUNTIME=torch"
+        ) from exc
     try:
         onnx_path = staging / _MODEL_FILE
         _trace(model, onnx_path)
@@ -149,6 +155,9 @@ def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
     options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle pool threads would otherwise spin-wait after each run, taking the cores that the
+    # store search, gRPC and (in one process) torch need next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

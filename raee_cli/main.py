@@ -8,7 +8,7 @@ raee up                          run both services on the embedded store
 raee publish --task T --version V --expect-shards N
                                  publish a sharded ingest once every shard is done
 raee classify --task T TEXT...   classify over gRPC (the slim raee_client; --file texts.jsonl)
-raee prepare                     convert and cache the backbone, check the encoder
+raee prepare                     convert and cache the backbone, export the encoder
 raee config                      every setting as this process sees it
 raee eval                        RAEE against its baselines (when the evaluation package is installed)
 
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("texts", nargs="*", metavar="TEXT")
     classify.set_defaults(handler=_classify)
 
-    prepare = commands.add_parser("prepare", help="convert and cache the backbone, check the encoder")
+    prepare = commands.add_parser("prepare", help="convert and cache the backbone, export the encoder")
     add_model_flags(prepare)
     prepare.set_defaults(handler=_prepare)
 

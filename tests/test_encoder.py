@@ -16,7 +16,7 @@ import pytest
 
 from raee.encoder import ONNX_TOLERANCE, QueryEncoder
 from raee.encoder_onnx import export_folder
-from raee.errors import EncoderMismatchError
+from raee.errors import EncoderLoadError, EncoderMismatchError
 from raee.serving.errors import status_of
 from raee.wire.retrieval import ExitQuery
 from retrieval_service.engine import RetrievalEngine
@@ -115,3 +115,13 @@ def test_a_task_of_another_encoder_is_failed_precondition_naming_the_reingest(en
     assert "raee ingest" in message
     assert encoder.id in message
     assert "000000000000" in message
+
+
+def test_an_unwritable_cache_without_the_export_is_refused_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("RAEE_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(EncoderLoadError, match="raee prepare"):
+        QueryEncoder()
