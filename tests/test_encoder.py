@@ -125,3 +125,18 @@ def test_an_unwritable_cache_without_the_export_is_refused_clearly(
     monkeypatch.setenv("RAEE_CACHE_DIR", str(blocker / "cache"))
     with pytest.raises(EncoderLoadError, match="raee prepare"):
         QueryEncoder()
+
+
+def test_the_runtime_is_a_setting_and_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from raee.settings import ModelSettings, RetrievalSettings, SettingsError, load
+    from raee_cli.flags import models_from_args
+    from raee_cli.main import build_parser
+
+    assert load(ModelSettings).encoder_runtime == "onnx"
+    monkeypatch.setenv("RAEE_ENCODER_RUNTIME", "torch")
+    assert load(RetrievalSettings).encoder_runtime == "torch"
+    args = build_parser().parse_args(["prepare", "--encoder-runtime", "onnx"])
+    assert models_from_args(args).encoder_runtime == "onnx"  # the flag over the environment
+    monkeypatch.setenv("RAEE_ENCODER_RUNTIME", "tensorrt")
+    with pytest.raises(SettingsError, match=r"RAEE_ENCODER_RUNTIME"):
+        load(ModelSettings)
