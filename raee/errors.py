@@ -74,6 +74,10 @@ class BackboneMismatchError(RuntimeError):
     """The task was ingested with another backbone than the one this worker serves."""
 
 
+class EncoderLoadError(RuntimeError):
+    """The query encoder cannot be loaded or exported (a damaged, unwritable ONNX cache)."""
+
+
 class EncoderMismatchError(RuntimeError):
     """The task was ingested with another query encoder than the one this service runs."""
 

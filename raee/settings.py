@@ -21,7 +21,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from raee.defaults import DEFAULT_BACKBONE, DEFAULT_ENCODER
+from raee.defaults import DEFAULT_BACKBONE, DEFAULT_ENCODER, DEFAULT_ENCODER_RUNTIME, EncoderRuntime
 from raee.exit_rule import DEFAULT_K
 
 SettingsT = TypeVar("SettingsT", bound="RaeeSettings")
@@ -57,7 +57,7 @@ class PathSettings(RaeeSettings):
     cache_dir: Path = env(
         "RAEE_CACHE_DIR",
         Path.home() / ".cache" / "raee",
-        "converted model weights (the GGUF file's safetensors copy)",
+        "converted model weights (the GGUF file's safetensors copy, the encoder's ONNX export)",
     )
 
 
@@ -71,6 +71,11 @@ class LogSettings(RaeeSettings):
 class ModelSettings(RaeeSettings):
     backbone: str = env("RAEE_BACKBONE", DEFAULT_BACKBONE, "backbone: gemma-3-270m, .gguf, folder, hub id")
     encoder: str = env("RAEE_ENCODER", DEFAULT_ENCODER, "sentence-transformers query encoder")
+    encoder_runtime: EncoderRuntime = env(
+        "RAEE_ENCODER_RUNTIME",
+        DEFAULT_ENCODER_RUNTIME,
+        "query encoder runtime: `onnx` (ONNX Runtime, cached export) or `torch` (sentence-transformers)",
+    )
 
 
 class StoreSettings(RaeeSettings):
@@ -129,6 +134,11 @@ class RetrievalSettings(ServiceSettings, StoreSettings):
         "RAEE_RETRIEVAL_METRICS_PORT", 9101, "Prometheus /metrics port (0: off)", ge=0, le=65535
     )
     encoder: str = env("RAEE_ENCODER", DEFAULT_ENCODER, "sentence-transformers query encoder")
+    encoder_runtime: EncoderRuntime = env(
+        "RAEE_ENCODER_RUNTIME",
+        DEFAULT_ENCODER_RUNTIME,
+        "query encoder runtime: `onnx` (ONNX Runtime, cached export) or `torch` (sentence-transformers)",
+    )
     default_k: int = env("RAEE_DEFAULT_K", DEFAULT_K, "neighbours per query when the request sets none", ge=1)
     max_k: int = env("RAEE_MAX_K", 256, "largest k a request may ask for", ge=1)
 

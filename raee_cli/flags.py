@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from raee.defaults import DEFAULT_BACKBONE, DEFAULT_ENCODER
+from raee.defaults import DEFAULT_BACKBONE, DEFAULT_ENCODER, DEFAULT_ENCODER_RUNTIME, EncoderRuntime
 from raee.settings import ModelSettings, RaeeSettings, SettingsT, StoreSettings, env_name, is_secret, load
 
 
@@ -44,10 +44,17 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("models")
     group.add_argument("--backbone", help=f"({DEFAULT_BACKBONE}; $RAEE_BACKBONE)")
     group.add_argument("--encoder", help=f"({DEFAULT_ENCODER}; $RAEE_ENCODER)")
+    group.add_argument(
+        "--encoder-runtime",
+        choices=get_args(EncoderRuntime),
+        help=f"({DEFAULT_ENCODER_RUNTIME}; $RAEE_ENCODER_RUNTIME) torch: sentence-transformers itself",
+    )
 
 
 def models_from_args(args: argparse.Namespace) -> ModelSettings:
-    return load(ModelSettings, backbone=args.backbone, encoder=args.encoder)
+    return load(
+        ModelSettings, backbone=args.backbone, encoder=args.encoder, encoder_runtime=args.encoder_runtime
+    )
 
 
 def store_from_args(args: argparse.Namespace) -> StoreSettings:

@@ -8,7 +8,7 @@ raee up                          run both services on the embedded store
 raee publish --task T --version V --expect-shards N
                                  publish a sharded ingest once every shard is done
 raee classify --task T TEXT...   classify over gRPC (the slim raee_client; --file texts.jsonl)
-raee prepare                     convert and cache the backbone, check the encoder
+raee prepare                     convert and cache the backbone, export the encoder
 raee config                      every setting as this process sees it
 raee eval                        RAEE against its baselines (when the evaluation package is installed)
 
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("texts", nargs="*", metavar="TEXT")
     classify.set_defaults(handler=_classify)
 
-    prepare = commands.add_parser("prepare", help="convert and cache the backbone, check the encoder")
+    prepare = commands.add_parser("prepare", help="convert and cache the backbone, export the encoder")
     add_model_flags(prepare)
     prepare.set_defaults(handler=_prepare)
 
@@ -221,7 +221,7 @@ def _ingest(args: argparse.Namespace) -> int:
     for error in errors:
         logging.getLogger("raee.ingest").warning("skipped %s", error)
     backbone = Backbone.load(models.backbone)
-    encoder = QueryEncoder(models.encoder)
+    encoder = QueryEncoder(models.encoder, runtime=models.encoder_runtime)
     store = open_store_from(store_from_args(args))
     try:
         result = run_ingest(
@@ -290,7 +290,9 @@ def _demo(args: argparse.Namespace) -> int:
     from raee_cli.demo.run import run_demo
 
     models = models_from_args(args)
-    return asyncio.run(run_demo(store_from_args(args).home, models.backbone, models.encoder))
+    return asyncio.run(
+        run_demo(store_from_args(args).home, models.backbone, models.encoder, models.encoder_runtime)
+    )
 
 
 def _serve_retrieval(args: argparse.Namespace) -> int:
@@ -412,7 +414,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     models = models_from_args(args)
     backbone = Backbone.load(models.backbone)
-    encoder = QueryEncoder(models.encoder)
+    encoder = QueryEncoder(models.encoder, runtime=models.encoder_runtime)
     print(f"backbone {backbone.id} ready\nencoder {encoder.id} ready")
     return 0
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from raee.backbone import Backbone
 from raee.data import read_examples
+from raee.defaults import DEFAULT_ENCODER_RUNTIME, EncoderRuntime
 from raee.encoder import QueryEncoder
 from raee.errors import TaskNotFoundError
 from raee.settings import InferenceSettings, RetrievalSettings
@@ -16,13 +17,18 @@ from raee_cli.demo import DEMO_DIR, demo_spec
 from raee_cli.pair import start_pair
 
 
-async def run_demo(home: Path, backbone_source: str, encoder_source: str) -> int:
+async def run_demo(
+    home: Path,
+    backbone_source: str,
+    encoder_source: str,
+    encoder_runtime: EncoderRuntime = DEFAULT_ENCODER_RUNTIME,
+) -> int:
     """Start the pair on the embedded store, ingest the demo task if absent, classify over gRPC."""
     from ingest import render_summary, run_ingest
 
     spec = demo_spec()
     backbone = Backbone.load(backbone_source)
-    encoder = QueryEncoder(encoder_source)
+    encoder = QueryEncoder(encoder_source, runtime=encoder_runtime)
     store = open_store(home=home)
     try:
         version = store.get_task(spec.name)

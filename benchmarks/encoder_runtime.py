@@ -1,0 +1,94 @@
+"""The query encoder's two runtimes side by side: speed and identity.
+
+ONNX Runtime (the default) and sentence-transformers (the reference) embed the
+same texts, interleaved batch by batch so that machine noise hits both alike, at
+batch 1 (one query) and 16 (the worker's micro-batch). Identity: the largest
+absolute difference of any vector component, the smallest cosine between the two
+runtimes' vectors of a text, and how many of each query's top-k neighbours (over
+a corpus of the other texts) both runtimes agree on::
+
+    python benchmarks/encoder_runtime.py --data benchmarks/data/sst2/test.jsonl
+
+prints one JSON object (also written to ``--out`` when given). ``ratio`` is the
+ONNX median over the sentence-transformers median, per query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import emit
+
+from raee.defaults import DEFAULT_ENCODER
+from raee.encoder import QueryEncoder
+
+
+def read_texts(path: Path, limit: int) -> list[str]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [str(row["text"]) for row in rows[:limit]]
+
+
+def speed(onnx: QueryEncoder, reference: QueryEncoder, texts: list[str], size: int) -> dict[str, Any]:
+    times: dict[str, list[float]] = {"onnx": [], "torch": []}
+    onnx.encode(texts[:size]), reference.encode(texts[:size])  # warm-up
+    for start in range(0, len(texts) - size + 1, size):
+        batch = texts[start : start + size]
+        for name, encoder in (("onnx", onnx), ("torch", reference)):
+            started = time.perf_counter()
+            encoder.encode(batch)
+            times[name].append(1000 * (time.perf_counter() - started) / size)
+    p50 = {name: float(np.median(values)) for name, values in times.items()}
+    return {
+        "p50_ms_per_query": {name: round(value, 3) for name, value in p50.items()},
+        "ratio": round(p50["onnx"] / p50["torch"], 3),
+    }
+
+
+def identity(onnx: QueryEncoder, reference: QueryEncoder, texts: list[str], k: int) -> dict[str, Any]:
+    got, want = onnx.encode(texts), reference.encode(texts)
+    agreement = []
+    for i in range(len(texts)):
+        # Each text queries the others, as a query would an ingested task.
+        tops = [set(np.argsort(-np.delete(v @ v[i], i), kind="stable")[:k]) for v in (got, want)]
+        agreement.append(len(tops[0] & tops[1]) / k)
+    return {
+        "texts": len(texts),
+        "max_abs_diff": float(np.abs(got - want).max()),
+        "min_cosine": float((got * want).sum(axis=1).min()),
+        f"top{k}_agreement_mean": float(np.mean(agreement)),
+        f"top{k}_agreement_min": float(np.min(agreement)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=Path("benchmarks/data/sst2/test.jsonl"))
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER)
+    parser.add_argument("--limit", type=int, default=320, help="texts timed, and compared")
+    parser.add_argument("--k", type=int, default=12)
+    parser.add_argument("--batch", type=int, action="append", default=None, help="batch sizes (1 and 16)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, help="also write the report here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    texts = read_texts(args.data, args.limit)
+    onnx, reference = QueryEncoder(args.encoder), QueryEncoder(args.encoder, runtime="torch")
+    report = {
+        "encoder": onnx.id,
+        "threads": args.threads,
+        "identity": identity(onnx, reference, texts, args.k),
+        "by_batch_size": {str(size): speed(onnx, reference, texts, size) for size in args.batch or [1, 16]},
+    }
+    emit(report, args.out)
+
+
+if __name__ == "__main__":
+    main()

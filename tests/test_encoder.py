@@ -1,0 +1,142 @@
+"""The query encoder's ONNX Runtime path against sentence-transformers, on the real MiniLM.
+
+Both runtimes report the same encoder id, so stores ingested with one serve the
+other: that holds only while their vectors agree, which these tests pin.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import numpy as np
+import pytest
+
+from raee.encoder import ONNX_TOLERANCE, QueryEncoder
+from raee.encoder_onnx import export_folder
+from raee.errors import EncoderLoadError, EncoderMismatchError
+from raee.serving.errors import status_of
+from raee.wire.retrieval import ExitQuery
+from retrieval_service.engine import RetrievalEngine
+
+SST2_TEST = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "sst2" / "test.jsonl"
+EDGE_CASES = ["", "   padded with spaces   ", "ÉCLAIR, naïve café!", "word " * 400]  # the last is truncated
+K = 12
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    rows = [json.loads(line) for line in SST2_TEST.read_text().splitlines()[:230]]
+    return [str(row["text"]) for row in rows]
+
+
+@pytest.fixture(scope="module")
+def reference() -> QueryEncoder:
+    return QueryEncoder(runtime="torch")
+
+
+def test_the_default_runtime_is_onnx_with_the_reference_id(
+    encoder: QueryEncoder, reference: QueryEncoder
+) -> None:
+    assert encoder.runtime == "onnx"
+    assert encoder.model is None  # the torch weights were only needed for the export
+    assert encoder.id == reference.id
+    assert encoder.max_seq_length == 256
+
+
+def test_onnx_vectors_equal_sentence_transformers_within_the_tolerance(
+    encoder: QueryEncoder, reference: QueryEncoder, texts: list[str]
+) -> None:
+    corpus = texts[:200] + EDGE_CASES
+    got, want = encoder.encode(corpus), reference.encode(corpus)
+    assert got.shape == want.shape == (len(corpus), 384)
+    assert got.dtype == np.float32
+    assert float(np.abs(got - want).max()) < ONNX_TOLERANCE  # measured: 2.2e-7
+    assert float((got * want).sum(axis=1).min()) > 1 - 1e-6
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_batch_shapes_do_not_change_the_vectors(encoder: QueryEncoder, texts: list[str]) -> None:
+    """The graph's batch and sequence axes are dynamic: one text alone equals it padded in a batch."""
+    batch = texts[:16] + EDGE_CASES
+    together = encoder.encode(batch)
+    alone = np.stack([encoder.encode([text])[0] for text in batch])
+    assert float(np.abs(together - alone).max()) < ONNX_TOLERANCE
+
+
+def test_top_k_neighbours_agree(encoder: QueryEncoder, reference: QueryEncoder, texts: list[str]) -> None:
+    corpus, queries = texts[:200], texts[200:230]
+    got = encoder.encode(queries) @ encoder.encode(corpus).T
+    want = reference.encode(queries) @ reference.encode(corpus).T
+    for row_got, row_want in zip(got, want, strict=True):
+        top_got = np.argsort(-row_got, kind="stable")[:K]
+        top_want = np.argsort(-row_want, kind="stable")[:K]
+        # A swap is allowed only across a tie within the tolerance at the k-th place.
+        kth = row_want[top_want[-1]]
+        assert set(top_got) == set(top_want) or all(row_want[i] >= kth - ONNX_TOLERANCE for i in top_got)
+
+
+def test_the_export_is_cached_checked_and_rebuilt_when_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoder: QueryEncoder
+) -> None:
+    monkeypatch.setenv("RAEE_CACHE_DIR", str(tmp_path))
+    probe = ["a gorgeous , witty , seductive movie ."]
+    first = QueryEncoder()
+    path = first.onnx_path
+    assert path.parent == export_folder(first.name, first.id.rsplit("/", 1)[-1])
+    assert path.is_relative_to(tmp_path)
+    assert not [p for p in path.parent.parent.iterdir() if p.name.startswith(".exporting-")]
+    written = path.stat().st_mtime_ns
+
+    second = QueryEncoder()
+    assert second.onnx_path == path
+    assert path.stat().st_mtime_ns == written  # read, not exported again
+
+    with path.open("r+b") as stream:  # flip bytes inside the weights: still a loadable size
+        stream.seek(path.stat().st_size // 2)
+        stream.write(b"\x00" * 64)
+    rebuilt = QueryEncoder()
+    assert rebuilt.onnx_path == path
+    assert path.stat().st_mtime_ns != written  # the damage was detected and the export redone
+    np.testing.assert_allclose(rebuilt.encode(probe), encoder.encode(probe), atol=ONNX_TOLERANCE)
+
+
+def test_a_task_of_another_encoder_is_failed_precondition_naming_the_reingest(encoder: QueryEncoder) -> None:
+    store = SimpleNamespace(
+        get_task=lambda task: SimpleNamespace(encoder_id="all-MiniLM-L6-v2/d384/000000000000")
+    )
+    engine = RetrievalEngine(store, encoder)  # type: ignore[arg-type]
+    (answer,) = engine.answer([ExitQuery(task="sst2", k=K, text="fine")])
+    assert isinstance(answer, EncoderMismatchError)
+    code, message = status_of(answer)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "raee ingest" in message
+    assert encoder.id in message
+    assert "000000000000" in message
+
+
+def test_an_unwritable_cache_without_the_export_is_refused_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("RAEE_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(EncoderLoadError, match="raee prepare"):
+        QueryEncoder()
+
+
+def test_the_runtime_is_a_setting_and_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from raee.settings import ModelSettings, RetrievalSettings, SettingsError, load
+    from raee_cli.flags import models_from_args
+    from raee_cli.main import build_parser
+
+    assert load(ModelSettings).encoder_runtime == "onnx"
+    monkeypatch.setenv("RAEE_ENCODER_RUNTIME", "torch")
+    assert load(RetrievalSettings).encoder_runtime == "torch"
+    args = build_parser().parse_args(["prepare", "--encoder-runtime", "onnx"])
+    assert models_from_args(args).encoder_runtime == "onnx"  # the flag over the environment
+    monkeypatch.setenv("RAEE_ENCODER_RUNTIME", "tensorrt")
+    with pytest.raises(SettingsError, match=r"RAEE_ENCODER_RUNTIME"):
+        load(ModelSettings)
