@@ -296,19 +296,22 @@ def _plan_fields(plan: ExitPlan, retrieval_ms: float) -> dict[str, object]:
 def _predict(
     probe: TaskProbe, texts: list[str], exit_layer: int
 ) -> tuple[np.ndarray, float, dict[int, InvalidArgumentError]]:
-    """Run one group; texts over the token limit fail alone instead of failing the group."""
+    """Run one group; texts over the token limit fail alone instead of failing the group.
+
+    Each prompt is tokenised once: the same ids give the limit check and the forward pass.
+    """
     limit = probe.backbone.max_tokens
-    lengths = probe.token_lengths(texts)
+    ids = probe.tokenize(texts)
     too_long = {
-        i: InvalidArgumentError("text", f"the prompt is {length} tokens, more than the limit of {limit}")
-        for i, length in enumerate(lengths)
-        if length > limit
+        i: InvalidArgumentError("text", f"the prompt is {len(row)} tokens, more than the limit of {limit}")
+        for i, row in enumerate(ids)
+        if len(row) > limit
     }
     keep = [i for i in range(len(texts)) if i not in too_long]
     started = time.perf_counter()
     probabilities = np.zeros((len(texts), probe.spec.num_labels), dtype=np.float32)
     if keep:
-        probabilities[keep] = probe.predict_at([texts[i] for i in keep], exit_layer)
+        probabilities[keep] = probe.predict_tokens([ids[i] for i in keep], exit_layer)
     return probabilities, 1000 * (time.perf_counter() - started), too_long
 
 

@@ -157,6 +157,13 @@ class TaskProbe:
         """Prompt lengths in tokens, for length-bucketed batching and limit checks."""
         return prompt_token_lengths(self.backbone.tokenizer, self.spec, texts)
 
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's prompt as token ids (unpadded): check lengths, then :meth:`predict_tokens`."""
+        if not texts:
+            raise ValueError("texts: need at least one text")
+        ids: list[list[int]] = self.backbone.tokenizer(self.prompts(texts))["input_ids"]
+        return ids
+
     @torch.inference_mode()
     def exit_probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """Label-word probabilities at every exit: shape ``(n, L + 1, C)``, one forward pass."""
@@ -169,17 +176,28 @@ class TaskProbe:
         """Label-word probabilities at one exit, ``(n, C)``, running layers ``1..exit_layer`` only."""
         if not 0 <= exit_layer <= self.num_layers:
             raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
-        encoded, positions = self._encode(texts)
+        return self.predict_tokens(self.tokenize(texts), exit_layer)
+
+    @torch.inference_mode()
+    def predict_tokens(self, ids: Sequence[Sequence[int]], exit_layer: int) -> np.ndarray:
+        """:meth:`predict_at` for prompts already tokenised by :meth:`tokenize` (tokenised once)."""
+        if not 0 <= exit_layer <= self.num_layers:
+            raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
+        encoded, positions = self._pad(ids)
         (state,) = self._run(encoded, positions, exits=range(exit_layer, exit_layer + 1))
         return self._probabilities(state).numpy()
 
     # -- internals ----------------------------------------------------------------------
 
     def _encode(self, texts: Sequence[str]) -> tuple[BatchEncoding, torch.Tensor]:
-        if not texts:
+        return self._pad(self.tokenize(texts))
+
+    def _pad(self, ids: Sequence[Sequence[int]]) -> tuple[BatchEncoding, torch.Tensor]:
+        """Pad token ids into a batch (on the tokenizer's side) and find each prediction position."""
+        if not ids:
             raise ValueError("texts: need at least one text")
         tokenizer = self.backbone.tokenizer
-        encoded = tokenizer(self.prompts(texts), padding=True, return_tensors="pt")
+        encoded = _padded(ids, int(tokenizer.pad_token_id or 0), left=tokenizer.padding_side == "left")
         lengths = encoded["attention_mask"].sum(dim=1)
         too_long = torch.nonzero(lengths > self.backbone.max_tokens).flatten()
         if too_long.numel():
@@ -221,6 +239,18 @@ class TaskProbe:
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return torch.softmax(logits.float(), dim=-1)
+
+
+def _padded(ids: Sequence[Sequence[int]], pad_id: int, *, left: bool) -> BatchEncoding:
+    """What ``tokenizer(prompts, padding=True, return_tensors="pt")`` returns, from ids."""
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for index, row in enumerate(ids):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        input_ids[index, span] = torch.tensor(row, dtype=torch.long)
+        mask[index, span] = 1
+    return BatchEncoding({"input_ids": input_ids, "attention_mask": mask})
 
 
 @contextmanager
