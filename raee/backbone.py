@@ -187,6 +187,31 @@ class TaskProbe:
         (state,) = self._run(encoded, positions, exits=range(exit_layer, exit_layer + 1))
         return self._probabilities(state).numpy()
 
+    @torch.inference_mode()
+    def states_until(self, ids: Sequence[Sequence[int]], stop: Callable[[int], bool]) -> list[torch.Tensor]:
+        """Prediction-position states at exits ``0, 1, ...``: ``n`` rows each, one list item per exit.
+
+        After each exit ``stop(exit)`` is asked whether to end the pass; it ends at the
+        last layer anyway. ``stop`` may change its answer while this runs (another
+        thread learns the exit meanwhile).
+        """
+        encoded, positions = self._pad(ids)
+        rows = torch.arange(positions.shape[0])
+        captured: list[torch.Tensor] = []
+
+        def keep(hidden: torch.Tensor, exit_layer: int) -> None:
+            captured.append(hidden[rows, positions])
+            if exit_layer == self.num_layers or stop(exit_layer):
+                raise _StopForward
+
+        self._forward(encoded, range(self.num_layers + 1), keep)
+        return captured
+
+    @torch.inference_mode()
+    def probabilities_of(self, states: torch.Tensor) -> np.ndarray:
+        """Label-word probabilities ``(n, C)`` of states ``(n, d)`` read from :meth:`states_until`."""
+        return self._probabilities(states).numpy()
+
     # -- internals ----------------------------------------------------------------------
 
     def _encode(self, texts: Sequence[str]) -> tuple[BatchEncoding, torch.Tensor]:
@@ -222,15 +247,21 @@ class TaskProbe:
             if exit_layer == last:
                 raise _StopForward
 
+        self._forward(encoded, exits, keep)
+        if len(captured) != len(exits):  # pragma: no cover - would mean hooks did not fire
+            raise UnsupportedBackboneError("the model did not run through its layer modules")
+        return captured
+
+    def _forward(
+        self, encoded: BatchEncoding, exits: range, keep: Callable[[torch.Tensor, int], None]
+    ) -> None:
+        """Run the model with ``keep`` hooked at ``exits``; ``keep`` ends the pass by raising."""
         with _hooks(self.backbone.layers, exits, keep):
             try:
                 kwargs: dict[str, Any] = {"use_cache": False} if self.backbone.kind == "causal" else {}
                 self.backbone.model.base_model(**encoded, **kwargs)
             except _StopForward:
                 pass
-        if len(captured) != len(exits):  # pragma: no cover - would mean hooks did not fire
-            raise UnsupportedBackboneError("the model did not run through its layer modules")
-        return captured
 
     def _probabilities(self, states: torch.Tensor) -> torch.Tensor:
         logits = self.backbone.transform(states) @ self.head_weight.T
