@@ -10,7 +10,9 @@ request by request, so noise hits both alike. Pieces, all at batch 1:
 * ``predict_ms``: the worker's ``_predict`` (tokenisation, limit check, forward
   to ``--exit``), in process;
 * ``classify_ms``: a RAEE Classify through gRPC on localhost, both services in
-  this process (``retrieval_ms`` is the worker's retrieval call inside it).
+  this process (``retrieval_ms`` is the worker's retrieval call inside it);
+* ``classify_fixed_ms``: a FIXED(``--exit``) Classify, the same way: the fixed
+  costs without retrieval.
 
 With ``--overlap`` it also times RAEE Classify with retrieval overlapped
 (``RAEE_OVERLAP_RETRIEVAL``) against not, at batch 1 and under ``--clients``
@@ -119,8 +121,9 @@ def in_process(
     """Tokenisation and the worker's ``_predict`` per text, variants alternating."""
     tokenise = [_ms(probe.tokenize, [text]) for text in texts]
     predict: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for text in texts:
-        for variant in VARIANTS:
+    for index, order in orders(len(texts)):
+        text = texts[index]
+        for variant in order:
             with variants.use(variant):
                 predict[variant].append(_ms(worker_module._predict, probe, [text], exit_layer))
     return {"tokenise_ms": {"after": tokenise}, "predict_ms": predict}
@@ -132,30 +135,42 @@ def _ms(function: Callable[..., Any], *args: Any) -> float:
     return 1000 * (time.perf_counter() - started)
 
 
+def orders(count: int) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """Index and variant order per round; the order flips each round, so neither always goes first."""
+    for index in range(count):
+        yield index, VARIANTS if index % 2 == 0 else VARIANTS[::-1]
+
+
 async def classify(
-    variants: Variants, client: InferenceClient, task: str, texts: list[str]
+    variants: Variants, client: InferenceClient, task: str, texts: list[str], exit_layer: int
 ) -> dict[str, dict[str, list[float]]]:
-    """RAEE Classify through gRPC, variants alternating request by request."""
-    total: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    retrieval: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    """RAEE and FIXED(``exit_layer``) Classify through gRPC, variants alternating request by request."""
+    pieces: dict[str, dict[str, list[float]]] = {
+        name: {v: [] for v in VARIANTS} for name in ("classify_ms", "retrieval_ms", "classify_fixed_ms")
+    }
     exits: list[float] = []
-    for text in texts:
-        for variant in VARIANTS:
+    for index, order in orders(len(texts)):
+        for variant in order:
             with variants.use(variant):
                 started = time.perf_counter()
-                answer = await client.classify(task, text, "raee")
-                total[variant].append(1000 * (time.perf_counter() - started))
-                retrieval[variant].append(answer.retrieval_ms)
+                answer = await client.classify(task, texts[index], "raee")
+                pieces["classify_ms"][variant].append(1000 * (time.perf_counter() - started))
+                pieces["retrieval_ms"][variant].append(answer.retrieval_ms)
                 exits.append(answer.exit_layer)
-    return {"classify_ms": total, "retrieval_ms": retrieval, "exit": {"after": exits}}
+                started = time.perf_counter()
+                await client.classify(task, texts[index], "fixed", exit_layer)
+                pieces["classify_fixed_ms"][variant].append(1000 * (time.perf_counter() - started))
+    pieces["exit"] = {"after": exits}
+    return pieces
 
 
 async def overlap_batch1(
     pair: ServicePair, client: InferenceClient, task: str, texts: list[str]
 ) -> dict[str, list[float]]:
     seen: dict[str, list[float]] = {"off": [], "on": []}
-    for text in texts:
-        for setting in seen:
+    for index, order in orders(len(texts)):
+        text = texts[index]
+        for setting in ("off", "on") if order == VARIANTS else ("on", "off"):
             pair.inference.worker.overlap_retrieval = setting == "on"
             started = time.perf_counter()
             await client.classify(task, text, "raee")
@@ -217,6 +232,17 @@ def summarise(pieces: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
         }
         if "before" in per:
             report["ratio_after_over_before"][piece] = per["after"] / per["before"]
+    # A FIXED call is batcher + predict + the rest (two gRPC hops, conversions, the event loop).
+    fixed = medians["classify_fixed_ms"]
+    report["fixed_call_breakdown_ms"] = {
+        v: {
+            "batcher": medians["batcher_ms"][v],
+            "predict": medians["predict_ms"][v],
+            "rest": fixed[v] - medians["batcher_ms"][v] - medians["predict_ms"][v],
+            "total": fixed[v],
+        }
+        for v in VARIANTS
+    }
     return report
 
 
@@ -235,8 +261,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         in_process(variants, probe, texts[:4], args.exit)  # warm-up
         pieces.update(in_process(variants, probe, texts, args.exit))
         async with InferenceClient(pair.inference_address) as client:
-            await classify(variants, client, args.task, texts[:4])  # warm-up
-            pieces.update(await classify(variants, client, args.task, texts))
+            await classify(variants, client, args.task, texts[:4], args.exit)  # warm-up
+            pieces.update(await classify(variants, client, args.task, texts, args.exit))
             overlap: dict[str, Any] = {}
             if args.overlap:
                 batch1 = await overlap_batch1(pair, client, args.task, texts)
