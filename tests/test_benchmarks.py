@@ -100,6 +100,7 @@ def test_fixed_costs_compares_before_and_after(served_home: Path, tmp_path: Path
         "classify_ms",
         "retrieval_ms",
         "classify_fixed_ms",
+        "fixed_forward_ms",
     }
     assert set(medians["classify_ms"]) == {"before", "after"}
     assert report["ratio_after_over_before"]["predict_ms"] == pytest.approx(
