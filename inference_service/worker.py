@@ -363,8 +363,10 @@ class InferenceWorker:
                 results[i] = run.too_long[position]
                 continue
             EXIT_LAYER.labels("inference", "raee").observe(exit_layer)
+            # As on the plain path: the requests of this batch with the same exit.
+            group = exits.count(exit_layer)
             results[i] = _outcome(
-                overlap.task, row, exit_layer, self.backbone.num_layers, plan, run.forward_ms, len(planned)
+                overlap.task, row, exit_layer, self.backbone.num_layers, plan, run.forward_ms, group
             )
 
     def _probe(self, name: str, task: _Task) -> TaskProbe:
