@@ -1,8 +1,16 @@
 """Micro-batching with fair scheduling and admission control.
 
-Concurrent requests are gathered for up to ``max_wait`` into micro-batches of at
-most ``max_batch`` items, one batch at a time. Requests arriving meanwhile queue
-up and form the next batch, so under load batches fill without waiting.
+Concurrent requests are gathered into micro-batches of at most ``max_batch``
+items, one batch at a time. Requests arriving meanwhile queue up and form the
+next batch, so under load batches fill without waiting.
+
+**No wait for a lone request.** A batch waits up to ``max_wait`` for more items
+only while it is smaller than the previous batch: concurrent callers showed up
+last time, so more are likely on their way. After a batch of one (and at
+start) a lone request is dispatched at once: with nobody else around, the
+window would only add its length to every call. :attr:`MicroBatcher.dispatched`
+counts why each batch left (``full``, ``expected``: as large as the previous
+one, ``window``: the wait ran out).
 
 **Fairness.** Each call is a *caller* with its own queue (a ClassifyBatch call is
 one caller with many items). A batch takes one item from each waiting caller in
@@ -27,7 +35,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -79,6 +87,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self.item_s: float | None = None
         self.batch_s: float | None = None
         self.batches = 0
+        self._last_size = 1
+        self.dispatched: Counter[str] = Counter()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -209,19 +219,29 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 self._arrived.clear()
                 await self._arrived.wait()
             self._take_round_robin(batch)
+        self.dispatched[await self._fill(batch)] += 1
+        self._last_size = len(batch)
+        return [p for p in batch if not p.future.done()]
+
+    async def _fill(self, batch: list[_Pending[ItemT, ResultT]]) -> str:
+        """Add queued items to ``batch``; wait for more only while it is smaller than the last one."""
+        expected = min(self.max_batch, self._last_size)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
-        while len(batch) < self.max_batch:
+        while True:
+            if len(batch) >= self.max_batch:
+                return "full"
             if self._queued:
                 self._take_round_robin(batch)
                 continue
+            if len(batch) >= expected:
+                return "expected"
             remaining = deadline - loop.time()
             if remaining <= 0:
-                break
+                return "window"
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
-        return [p for p in batch if not p.future.done()]
 
     def _measure(self, size: int, seconds: float) -> None:
         """Update the estimates; the first batch (cold caches, first connections) is not used.

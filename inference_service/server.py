@@ -135,7 +135,12 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
         timeout_s=settings.retrieval_timeout_ms / 1000,
         metadata=bearer_metadata(settings.retrieval_token.get_secret_value()),
     )
-    worker = InferenceWorker(backbone, retrieval, task_ttl_s=settings.task_ttl_s)
+    worker = InferenceWorker(
+        backbone,
+        retrieval,
+        task_ttl_s=settings.task_ttl_s,
+        overlap_retrieval=settings.overlap_retrieval,
+    )
     batcher: MicroBatcher[WorkItem, Outcome] = InstrumentedBatcher(
         worker.process,
         max_batch=settings.max_batch,

@@ -14,6 +14,14 @@ For a batch of requests the worker
    slow retrieval service costs one timeout, not one per batch;
 3. groups requests by (task, exit layer) and runs the backbone once per group,
    only up to that layer.
+
+With ``overlap_retrieval`` (``RAEE_OVERLAP_RETRIEVAL``) the RAEE requests of a
+batch that asks about one task start their forward pass while step 2 is in
+flight: each layer's prediction-position state is kept, and the pass stops once
+the exits are known and reached (a state already computed is read back). The
+answers equal the plain path's; whether it is faster depends on spare cores,
+since the retrieval service's encoder competes with the backbone
+(``docs/architecture.md``).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -65,6 +73,35 @@ class _Plan:
     outcome_fields: dict[str, object] = field(default_factory=dict)
 
 
+class _Target:
+    """The exit an overlapped pass runs to: unknown (None) until retrieval answers."""
+
+    def __init__(self) -> None:
+        self.exit: int | None = None  # written by the event loop's thread, read by the forward's
+
+    def stop(self, exit_layer: int) -> bool:
+        target = self.exit
+        return target is not None and exit_layer >= target
+
+
+@dataclass
+class _Overlap:
+    """A forward pass started before the exits are known."""
+
+    indices: list[int]
+    task: _Task
+    probe: TaskProbe
+    target: _Target
+    future: asyncio.Future[_OverlapRun]
+
+
+@dataclass
+class _OverlapRun:
+    states: list[object]  # torch tensors, one per exit reached
+    too_long: dict[int, InvalidArgumentError]  # by position in the overlap's indices
+    forward_ms: float
+
+
 class InferenceWorker:
     def __init__(
         self,
@@ -73,11 +110,13 @@ class InferenceWorker:
         *,
         task_ttl_s: float = 5.0,
         retry_after_s: float = 1.0,
+        overlap_retrieval: bool = False,
     ) -> None:
         self.backbone = backbone
         self.retrieval = retrieval
         self.task_ttl_s = task_ttl_s
         self.retry_after_s = retry_after_s
+        self.overlap_retrieval = overlap_retrieval
         self._retrieval_down_until = 0.0
         self._tasks: dict[str, _Task] = {}
         self._probes: dict[tuple[str, str], TaskProbe] = {}
@@ -105,7 +144,15 @@ class InferenceWorker:
                 except InvalidArgumentError as error:
                     results[index] = error
         if raee_items:
-            await self._plan_raee(items, raee_items, tasks, plans, results)
+            overlap = self._start_overlap(items, raee_items, tasks) if self.overlap_retrieval else None
+            try:
+                await self._plan_raee(items, raee_items, tasks, plans, results)
+            except BaseException:
+                if overlap is not None:
+                    overlap.target.exit = 0  # end the pass at once
+                raise
+            if overlap is not None:
+                await self._finish_overlap(overlap, items, plans, results)
         await self._forward(items, plans, results)
         return [r if r is not None else RuntimeError("request was not processed") for r in results]
 
@@ -271,6 +318,57 @@ class InferenceWorker:
                     len(indices),
                 )
 
+    # -- overlap: the forward pass during the retrieval call ----------------------------
+
+    def _start_overlap(
+        self, items: Sequence[WorkItem], indices: list[int], tasks: dict[str, _Task | BaseException]
+    ) -> _Overlap | None:
+        """Start the RAEE items' forward pass now; only for a batch that asks about one task."""
+        names = {items[i].task for i in indices}
+        task = tasks[next(iter(names))]
+        if len(names) != 1 or not isinstance(task, _Task):
+            return None
+        probe = self._probe(items[indices[0]].task, task)
+        texts = [items[i].text for i in indices]
+        target = _Target()
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, _run_overlapped, probe, texts, target.stop
+        )
+        return _Overlap(indices, task, probe, target, future)
+
+    async def _finish_overlap(
+        self,
+        overlap: _Overlap,
+        items: Sequence[WorkItem],
+        plans: dict[int, _Plan],
+        results: list[Outcome | BaseException | None],
+    ) -> None:
+        """Answer the planned items from the stored states; on any failure the plain path does."""
+        planned = [(position, i) for position, i in enumerate(overlap.indices) if i in plans]
+        overlap.target.exit = max((plans[i].exit_layer for _, i in planned), default=0)
+        try:
+            run = await overlap.future
+        except Exception:
+            logger.exception("the overlapped forward pass failed; running the plain one")
+            return
+        exits = [plans[i].exit_layer for _, i in planned]
+        rows = [position for position, _ in planned]
+        loop = asyncio.get_running_loop()
+        probabilities = await loop.run_in_executor(
+            self._executor, _read_exits, overlap.probe, run, rows, exits
+        )
+        for (position, i), exit_layer, row in zip(planned, exits, probabilities, strict=True):
+            plan = plans.pop(i)
+            if position in run.too_long:
+                results[i] = run.too_long[position]
+                continue
+            EXIT_LAYER.labels("inference", "raee").observe(exit_layer)
+            # As on the plain path: the requests of this batch with the same exit.
+            group = exits.count(exit_layer)
+            results[i] = _outcome(
+                overlap.task, row, exit_layer, self.backbone.num_layers, plan, run.forward_ms, group
+            )
+
     def _probe(self, name: str, task: _Task) -> TaskProbe:
         key = (name, task.version)
         probe = self._probes.get(key)
@@ -296,20 +394,53 @@ def _plan_fields(plan: ExitPlan, retrieval_ms: float) -> dict[str, object]:
 def _predict(
     probe: TaskProbe, texts: list[str], exit_layer: int
 ) -> tuple[np.ndarray, float, dict[int, InvalidArgumentError]]:
-    """Run one group; texts over the token limit fail alone instead of failing the group."""
+    """Run one group; texts over the token limit fail alone instead of failing the group.
+
+    Each prompt is tokenised once: the same ids give the limit check and the forward pass.
+    """
     limit = probe.backbone.max_tokens
-    lengths = probe.token_lengths(texts)
+    ids = probe.tokenize(texts)
     too_long = {
-        i: InvalidArgumentError("text", f"the prompt is {length} tokens, more than the limit of {limit}")
-        for i, length in enumerate(lengths)
-        if length > limit
+        i: InvalidArgumentError("text", f"the prompt is {len(row)} tokens, more than the limit of {limit}")
+        for i, row in enumerate(ids)
+        if len(row) > limit
     }
     keep = [i for i in range(len(texts)) if i not in too_long]
     started = time.perf_counter()
     probabilities = np.zeros((len(texts), probe.spec.num_labels), dtype=np.float32)
     if keep:
-        probabilities[keep] = probe.predict_at([texts[i] for i in keep], exit_layer)
+        probabilities[keep] = probe.predict_tokens([ids[i] for i in keep], exit_layer)
     return probabilities, 1000 * (time.perf_counter() - started), too_long
+
+
+def _run_overlapped(probe: TaskProbe, texts: list[str], stop: Callable[[int], bool]) -> _OverlapRun:
+    """Every exit's state until ``stop`` says enough; over-long texts are left out (and reported)."""
+    limit = probe.backbone.max_tokens
+    ids = probe.tokenize(texts)
+    too_long = {
+        i: InvalidArgumentError("text", f"the prompt is {len(row)} tokens, more than the limit of {limit}")
+        for i, row in enumerate(ids)
+        if len(row) > limit
+    }
+    started = time.perf_counter()
+    keep = [row for i, row in enumerate(ids) if i not in too_long]
+    states: list[object] = list(probe.states_until(keep, stop)) if keep else []
+    return _OverlapRun(states, too_long, 1000 * (time.perf_counter() - started))
+
+
+def _read_exits(
+    probe: TaskProbe, run: _OverlapRun, positions: list[int], exits: list[int]
+) -> list[np.ndarray]:
+    """Each position's probabilities at its exit (the pass ran at least to the deepest one)."""
+    answers: list[np.ndarray] = []
+    for position, exit_layer in zip(positions, exits, strict=True):
+        if position in run.too_long:
+            answers.append(np.zeros(probe.spec.num_labels, dtype=np.float32))
+            continue
+        row = position - sum(1 for p in run.too_long if p < position)  # over-long texts did not run
+        state = run.states[exit_layer]
+        answers.append(probe.probabilities_of(state[row : row + 1])[0])  # type: ignore[index]
+    return answers
 
 
 def _outcome(

@@ -157,6 +157,13 @@ class TaskProbe:
         """Prompt lengths in tokens, for length-bucketed batching and limit checks."""
         return prompt_token_lengths(self.backbone.tokenizer, self.spec, texts)
 
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's prompt as token ids (unpadded): check lengths, then :meth:`predict_tokens`."""
+        if not texts:
+            raise ValueError("texts: need at least one text")
+        ids: list[list[int]] = self.backbone.tokenizer(self.prompts(texts))["input_ids"]
+        return ids
+
     @torch.inference_mode()
     def exit_probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """Label-word probabilities at every exit: shape ``(n, L + 1, C)``, one forward pass."""
@@ -169,17 +176,53 @@ class TaskProbe:
         """Label-word probabilities at one exit, ``(n, C)``, running layers ``1..exit_layer`` only."""
         if not 0 <= exit_layer <= self.num_layers:
             raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
-        encoded, positions = self._encode(texts)
+        return self.predict_tokens(self.tokenize(texts), exit_layer)
+
+    @torch.inference_mode()
+    def predict_tokens(self, ids: Sequence[Sequence[int]], exit_layer: int) -> np.ndarray:
+        """:meth:`predict_at` for prompts already tokenised by :meth:`tokenize` (tokenised once)."""
+        if not 0 <= exit_layer <= self.num_layers:
+            raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
+        encoded, positions = self._pad(ids)
         (state,) = self._run(encoded, positions, exits=range(exit_layer, exit_layer + 1))
         return self._probabilities(state).numpy()
+
+    @torch.inference_mode()
+    def states_until(self, ids: Sequence[Sequence[int]], stop: Callable[[int], bool]) -> list[torch.Tensor]:
+        """Prediction-position states at exits ``0, 1, ...``: ``n`` rows each, one list item per exit.
+
+        After each exit ``stop(exit)`` is asked whether to end the pass; it ends at the
+        last layer anyway. ``stop`` may change its answer while this runs (another
+        thread learns the exit meanwhile).
+        """
+        encoded, positions = self._pad(ids)
+        rows = torch.arange(positions.shape[0])
+        captured: list[torch.Tensor] = []
+
+        def keep(hidden: torch.Tensor, exit_layer: int) -> None:
+            captured.append(hidden[rows, positions])
+            if exit_layer == self.num_layers or stop(exit_layer):
+                raise _StopForward
+
+        self._forward(encoded, range(self.num_layers + 1), keep)
+        return captured
+
+    @torch.inference_mode()
+    def probabilities_of(self, states: torch.Tensor) -> np.ndarray:
+        """Label-word probabilities ``(n, C)`` of states ``(n, d)`` read from :meth:`states_until`."""
+        return self._probabilities(states).numpy()
 
     # -- internals ----------------------------------------------------------------------
 
     def _encode(self, texts: Sequence[str]) -> tuple[BatchEncoding, torch.Tensor]:
-        if not texts:
+        return self._pad(self.tokenize(texts))
+
+    def _pad(self, ids: Sequence[Sequence[int]]) -> tuple[BatchEncoding, torch.Tensor]:
+        """Pad token ids into a batch (on the tokenizer's side) and find each prediction position."""
+        if not ids:
             raise ValueError("texts: need at least one text")
         tokenizer = self.backbone.tokenizer
-        encoded = tokenizer(self.prompts(texts), padding=True, return_tensors="pt")
+        encoded = _padded(ids, int(tokenizer.pad_token_id or 0), left=tokenizer.padding_side == "left")
         lengths = encoded["attention_mask"].sum(dim=1)
         too_long = torch.nonzero(lengths > self.backbone.max_tokens).flatten()
         if too_long.numel():
@@ -204,15 +247,21 @@ class TaskProbe:
             if exit_layer == last:
                 raise _StopForward
 
+        self._forward(encoded, exits, keep)
+        if len(captured) != len(exits):  # pragma: no cover - would mean hooks did not fire
+            raise UnsupportedBackboneError("the model did not run through its layer modules")
+        return captured
+
+    def _forward(
+        self, encoded: BatchEncoding, exits: range, keep: Callable[[torch.Tensor, int], None]
+    ) -> None:
+        """Run the model with ``keep`` hooked at ``exits``; ``keep`` ends the pass by raising."""
         with _hooks(self.backbone.layers, exits, keep):
             try:
                 kwargs: dict[str, Any] = {"use_cache": False} if self.backbone.kind == "causal" else {}
                 self.backbone.model.base_model(**encoded, **kwargs)
             except _StopForward:
                 pass
-        if len(captured) != len(exits):  # pragma: no cover - would mean hooks did not fire
-            raise UnsupportedBackboneError("the model did not run through its layer modules")
-        return captured
 
     def _probabilities(self, states: torch.Tensor) -> torch.Tensor:
         logits = self.backbone.transform(states) @ self.head_weight.T
@@ -221,6 +270,18 @@ class TaskProbe:
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return torch.softmax(logits.float(), dim=-1)
+
+
+def _padded(ids: Sequence[Sequence[int]], pad_id: int, *, left: bool) -> BatchEncoding:
+    """What ``tokenizer(prompts, padding=True, return_tensors="pt")`` returns, from ids."""
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for index, row in enumerate(ids):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        input_ids[index, span] = torch.tensor(row, dtype=torch.long)
+        mask[index, span] = 1
+    return BatchEncoding({"input_ids": input_ids, "attention_mask": mask})
 
 
 @contextmanager

@@ -167,7 +167,12 @@ class InferenceSettings(ServiceSettings):
     )
     backbone: str = env("RAEE_BACKBONE", DEFAULT_BACKBONE, "backbone: gemma-3-270m, .gguf, folder, hub id")
     max_batch: int = env("RAEE_MAX_BATCH", 16, "most requests in one micro-batch", ge=1)
-    max_wait_ms: float = env("RAEE_MAX_WAIT_MS", 5.0, "longest a request waits for its batch to fill", ge=0)
+    max_wait_ms: float = env(
+        "RAEE_MAX_WAIT_MS", 5.0, "longest a batch waits to fill (only after a larger batch)", ge=0
+    )
+    overlap_retrieval: bool = env(
+        "RAEE_OVERLAP_RETRIEVAL", False, "RAEE: run the first layers while retrieval answers"
+    )
     max_queue: int = env("RAEE_MAX_QUEUE", 1024, "queued requests before RESOURCE_EXHAUSTED", ge=1)
     retrieval_timeout_ms: float = env(
         "RAEE_RETRIEVAL_TIMEOUT_MS", 1000.0, "then answer at full depth, degraded", gt=0

@@ -100,3 +100,45 @@ async def test_cancelled_callers_are_skipped() -> None:
         await batcher.close()
     assert recorder.batches == [["kept"]]
     assert batcher.queued == 0
+
+
+async def test_a_lone_request_does_not_wait_for_the_window() -> None:
+    recorder = Recorder(seconds=0.0)
+    # A 60 s window: waiting for it would time the calls out below.
+    batcher: MicroBatcher[str, str] = MicroBatcher(recorder, max_batch=16, max_wait_s=60.0, max_queue=100)
+    batcher.start()
+    try:
+        for i in range(3):
+            assert await asyncio.wait_for(batcher.submit(f"lone {i}"), timeout=10.0) == f"done lone {i}"
+    finally:
+        await batcher.close()
+    assert recorder.batches == [["lone 0"], ["lone 1"], ["lone 2"]]
+    assert batcher.dispatched == {"expected": 3}
+
+
+async def test_after_a_larger_batch_the_next_one_waits_for_company() -> None:
+    gate = asyncio.Event()
+
+    async def process(items: Sequence[str]) -> list[str]:
+        await gate.wait()
+        return [f"done {item}" for item in items]
+
+    batcher: MicroBatcher[str, str] = MicroBatcher(process, max_batch=4, max_wait_s=60.0, max_queue=100)
+    batcher.start()
+    try:
+        first = asyncio.ensure_future(batcher.submit("first"))
+        await asyncio.sleep(0.01)  # "first" runs alone; the next three queue behind it
+        burst = [asyncio.ensure_future(batcher.submit(f"b{i}")) for i in range(3)]
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *burst), timeout=10.0)
+        # The last batch had three items: one alone now waits for company (the 60 s window).
+        gate.clear()
+        late = [asyncio.ensure_future(batcher.submit("late 0"))]
+        await asyncio.sleep(0.01)
+        assert batcher.dispatched.total() == 2, "the lone item left without waiting"
+        late += [asyncio.ensure_future(batcher.submit(f"late {i}")) for i in (1, 2)]
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*late), timeout=10.0)
+    finally:
+        await batcher.close()
+    assert batcher.dispatched == {"expected": 3}

@@ -73,3 +73,37 @@ def test_protocols_benchmark_compares_every_protocol(served_home: Path, tmp_path
     protocols = {"native", "oip_grpc", "oip_rest", "rest_classify"}
     assert set(report["batch1_p50_ms"]) == protocols and report["same_labels"]
     assert report["p50_ratio_to_native"]["native"] == 1.0
+
+
+def test_fixed_costs_compares_before_and_after(served_home: Path, tmp_path: Path) -> None:
+    args = ("--task", "demo-sentiment", "--data", str(DEMO_DIR / "test.jsonl"), "--home", str(served_home))
+    small = (
+        "--limit",
+        "3",
+        "--repeats",
+        "2",
+        "--overlap",
+        "--clients",
+        "2",
+        "--per-client",
+        "2",
+        "--rounds",
+        "1",
+    )
+    report = run_benchmark("fixed_costs", *args, *small, out=tmp_path / "f.json")
+    assert report["requests"] == 3
+    medians = report["p50_ms"]
+    assert set(medians) == {
+        "batcher_ms",
+        "tokenise_ms",
+        "predict_ms",
+        "classify_ms",
+        "retrieval_ms",
+        "classify_fixed_ms",
+        "fixed_forward_ms",
+    }
+    assert set(medians["classify_ms"]) == {"before", "after"}
+    assert report["ratio_after_over_before"]["predict_ms"] == pytest.approx(
+        medians["predict_ms"]["after"] / medians["predict_ms"]["before"]
+    )
+    assert set(report["overlap"]["batch1_p50_ms"]) == {"off", "on"}
