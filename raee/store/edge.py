@@ -215,9 +215,7 @@ def shard_config(dim: int, policy: IndexPolicy) -> Any:
 
 
 class _EdgeVersionWriter(VersionWriter):
-    def __init__(
-        self, task_dir: Path, version: str, dim: int, lock: IO[bytes], policy: IndexPolicy
-    ) -> None:
+    def __init__(self, task_dir: Path, version: str, dim: int, lock: IO[bytes], policy: IndexPolicy) -> None:
         super().__init__(task_dir.name, version, dim)
         self.task_dir = task_dir
         self.folder = task_dir / "versions" / version
@@ -236,7 +234,9 @@ class _EdgeVersionWriter(VersionWriter):
         self._shard.optimize()  # blocks until the HNSW graph of a large version is built
         shard_info = self._shard.info()
         points = shard_info.points_count
-        logger.info("version %s: %d points, %d indexed", self.version, points, shard_info.indexed_vectors_count)
+        logger.info(
+            "version %s: %d points, %d indexed", self.version, points, shard_info.indexed_vectors_count
+        )
         self._shard.close()
         _make_private(self.folder)
         info = TaskVersion.build(self.task, self.version, meta, self.dim, points)

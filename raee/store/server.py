@@ -86,7 +86,11 @@ class QdrantExitStore(ExitStore):
         name = collection_name(task, version)
         metadata = {META_KEY: {"task": task, "state": "writing"}}
         self._create(
-            name, models.VectorParams(size=dim, distance=models.Distance.COSINE), metadata, shared, indexed=True
+            name,
+            models.VectorParams(size=dim, distance=models.Distance.COSINE),
+            metadata,
+            shared,
+            indexed=True,
         )
         return _QdrantVersionWriter(self, task, version, dim, shared=shared)
 
@@ -255,9 +259,7 @@ def search_params(policy: IndexPolicy, *, exact: bool) -> models.SearchParams:
     """Exact search reads the float vectors only; index search rescores quantised candidates."""
     if exact:
         return models.SearchParams(exact=True, quantization=models.QuantizationSearchParams(ignore=True))
-    quantization = models.QuantizationSearchParams(
-        rescore=policy.rescore, oversampling=policy.oversampling
-    )
+    quantization = models.QuantizationSearchParams(rescore=policy.rescore, oversampling=policy.oversampling)
     return models.SearchParams(
         hnsw_ef=policy.hnsw_ef, quantization=quantization if policy.quantized else None
     )
