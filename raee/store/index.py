@@ -27,11 +27,11 @@ class IndexPolicy:
     threshold: int = INDEX_THRESHOLD
     hnsw_m: int = 16
     hnsw_ef_construct: int = 128
-    hnsw_ef: int = 128
+    hnsw_ef: int = 256
     quantization: str = "int8"  # or "none"
     quantile: float = 0.99
     rescore: bool = True
-    oversampling: float = 2.0
+    oversampling: float = 4.0
 
     @property
     def quantized(self) -> bool:
