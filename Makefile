@@ -12,7 +12,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
-.PHONY: install demo test lint k8s-check proto bench results clean wheelhouse image image-baked e2e-containers
+.PHONY: install demo test lint k8s-check proto bench scale results clean wheelhouse image image-baked e2e-containers
 
 install: $(STAMP) $(CHECKOV_STAMP) $(TRITON_STAMP)
 
@@ -54,6 +54,12 @@ k8s-check: $(STAMP) $(CHECKOV_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest_and_query.py
+
+# The exit store at 100k and 1M synthetic examples (docs/results/scale.json): build time, disk,
+# search latency, recall and exit agreement of the index policy. Not part of `make test`: the
+# 1M build alone takes many minutes.
+scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py --out docs/results/scale.json
 
 # Everything in docs/results from scratch: the ingest benchmark (whose ratio the
 # summary carries), then `raee eval` over both template families of the six tasks.

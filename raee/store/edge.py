@@ -8,7 +8,10 @@ Layout under the data folder (``RAEE_HOME``)::
 
 Publishing writes ``CURRENT.json`` under a temporary name and renames it over
 the old one (atomic on POSIX), so readers see the old version or the new one,
-never a mix. Shards are created without a write-ahead log: a version is
+never a mix. A version's index follows :mod:`raee.store.index`: exact search
+below the policy's threshold, HNSW over int8-quantised vectors from it on; the
+optimizer builds the graph before the version is published, so a published
+large version is never searched by fallback scan. Shards are created without a write-ahead log: a version is
 immutable once published (it is flushed first), and without the WAL's lock any
 number of reader processes can open the same shard.
 """
@@ -41,6 +44,7 @@ from raee.store.base import (
     new_version_id,
 )
 from raee.store.base import Neighbour as _Neighbour
+from raee.store.index import DEFAULT_POLICY, IndexPolicy, threshold_kb
 from raee.tasks import check_task_name
 
 logger = logging.getLogger(__name__)
@@ -52,11 +56,16 @@ PRIVATE_FILE = 0o600
 
 
 class EdgeExitStore(ExitStore):
-    def __init__(self, home: Path, *, exact: bool = True) -> None:
+    """``exact``: force exact (True) or index (False) search; None follows ``policy`` by version size."""
+
+    def __init__(
+        self, home: Path, *, exact: bool | None = None, policy: IndexPolicy = DEFAULT_POLICY
+    ) -> None:
         self.home = Path(home)
         self.root = self.home / "tasks"
         self.location = f"embedded:{self.home.resolve()}"
         self.exact = exact
+        self.policy = policy
         self._loaded: dict[str, _LoadedVersion] = {}
         self._lock = threading.Lock()
 
@@ -72,7 +81,7 @@ class EdgeExitStore(ExitStore):
         lock = _acquire_writer_lock(task_dir / ".ingest.lock", task)
         try:
             _remove_unpublished(task_dir)
-            return _EdgeVersionWriter(task_dir, new_version_id(), dim, lock)
+            return _EdgeVersionWriter(task_dir, new_version_id(), dim, lock, self.policy)
         except BaseException:
             lock.close()
             raise
@@ -98,13 +107,13 @@ class EdgeExitStore(ExitStore):
     def search(self, task: str, vectors: np.ndarray, k: int) -> SearchResult:
         loaded = self._current(task)
         try:
-            hits = loaded.query(vectors, k, self.exact)
+            hits = loaded.query(vectors, k, self._params(loaded.info))
         except Exception:
             # The version may have been replaced and removed since we resolved it.
             self._loaded.pop(task, None)
             loaded = self._current(task)
             try:
-                hits = loaded.query(vectors, k, self.exact)
+                hits = loaded.query(vectors, k, self._params(loaded.info))
             except Exception as exc:
                 self._loaded.pop(task, None)
                 raise StoreError(
@@ -112,6 +121,10 @@ class EdgeExitStore(ExitStore):
                     f"({type(exc).__name__}); re-ingest the task"
                 ) from exc
         return SearchResult(version=loaded.info, neighbours=hits)
+
+    def _params(self, info: TaskVersion) -> Any:
+        exact = self.policy.exact_for(info.points) if self.exact is None else self.exact
+        return search_params(self.policy, exact=exact)
 
     def size_bytes(self, task: str) -> int | None:
         info = self.get_task(task)
@@ -162,8 +175,7 @@ class _LoadedVersion:
     info: TaskVersion
     shard: Any  # qdrant_edge.EdgeShard
 
-    def query(self, vectors: np.ndarray, k: int, exact: bool) -> list[list[_Neighbour]]:
-        params = qe.SearchParams(exact=exact)
+    def query(self, vectors: np.ndarray, k: int, params: Any) -> list[list[_Neighbour]]:
         requests = [
             qe.QueryRequest(limit=k, query=qe.Query.Nearest(row.tolist()), with_payload=True, params=params)
             for row in np.asarray(vectors, dtype=np.float32)
@@ -175,16 +187,40 @@ class _LoadedVersion:
         ]
 
 
+def search_params(policy: IndexPolicy, *, exact: bool) -> Any:
+    """Exact search reads the float vectors only; index search rescores quantised candidates."""
+    if exact:
+        return qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True))
+    quantization = qe.QuantizationSearchParams(rescore=policy.rescore, oversampling=policy.oversampling)
+    return qe.SearchParams(hnsw_ef=policy.hnsw_ef, quantization=quantization if policy.quantized else None)
+
+
+def shard_config(dim: int, policy: IndexPolicy) -> Any:
+    """Segments of ``policy.threshold`` points or more get an HNSW graph (and int8 vectors)."""
+    kb = threshold_kb(policy.threshold, dim)
+    quantization = (
+        qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=policy.quantile, always_ram=True)
+        if policy.quantized
+        else None
+    )
+    return qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+        hnsw_config=qe.HnswIndexConfig(
+            m=policy.hnsw_m, ef_construct=policy.hnsw_ef_construct, full_scan_threshold=kb
+        ),
+        quantization_config=quantization,
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=kb),
+        wal_enabled=False,
+    )
+
+
 class _EdgeVersionWriter(VersionWriter):
-    def __init__(self, task_dir: Path, version: str, dim: int, lock: IO[bytes]) -> None:
+    def __init__(self, task_dir: Path, version: str, dim: int, lock: IO[bytes], policy: IndexPolicy) -> None:
         super().__init__(task_dir.name, version, dim)
         self.task_dir = task_dir
         self.folder = task_dir / "versions" / version
         self._lock = lock
-        config = qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine), wal_enabled=False
-        )
-        self._shard: Any = qe.EdgeShard.create(str(self.folder), config)
+        self._shard: Any = qe.EdgeShard.create(str(self.folder), shard_config(dim, policy))
 
     def add(self, records: Sequence[ExitRecord]) -> None:
         if not records:
@@ -195,8 +231,12 @@ class _EdgeVersionWriter(VersionWriter):
 
     def publish(self, meta: VersionMeta) -> TaskVersion:
         self._shard.flush()
-        self._shard.optimize()
-        points = self._shard.info().points_count
+        self._shard.optimize()  # blocks until the HNSW graph of a large version is built
+        shard_info = self._shard.info()
+        points = shard_info.points_count
+        logger.info(
+            "version %s: %d points, %d indexed", self.version, points, shard_info.indexed_vectors_count
+        )
         self._shard.close()
         _make_private(self.folder)
         info = TaskVersion.build(self.task, self.version, meta, self.dim, points)

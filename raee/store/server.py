@@ -5,7 +5,9 @@ metadata holds the version's description; the alias ``raee-<task>`` points at
 the current one. Publishing swaps the alias in one atomic request, then deletes
 the previous collection. Several writers (an Indexed Job's pods) may fill the
 same version by passing its id; the one that publishes does so after all of them
-finished. The same code runs against qdrant-client's local mode (``path=``),
+finished. Collections get the index settings of :mod:`raee.store.index`, and a
+version is searched exactly or through HNSW by its size, as in the embedded
+store. The same code runs against qdrant-client's local mode (``path=``),
 which is what the tests use: no Qdrant server can be installed here.
 """
 
@@ -31,6 +33,7 @@ from raee.store.base import (
     VersionWriter,
     new_version_id,
 )
+from raee.store.index import DEFAULT_POLICY, IndexPolicy, threshold_kb
 from raee.tasks import check_task_name
 
 logger = logging.getLogger(__name__)
@@ -62,13 +65,16 @@ class QdrantExitStore(ExitStore):
         client: QdrantClient,
         *,
         location: str,
-        exact: bool = True,
+        exact: bool | None = None,
+        policy: IndexPolicy = DEFAULT_POLICY,
         shard_number: int | None = None,
         replication_factor: int | None = None,
     ) -> None:
+        """``exact``: force exact (True) or index (False) search; None follows ``policy`` by size."""
         self.client = client
         self.location = location
         self.exact = exact
+        self.policy = policy
         self.shard_number = shard_number
         self.replication_factor = replication_factor
         self._info_by_collection: dict[str, TaskVersion] = {}
@@ -79,7 +85,13 @@ class QdrantExitStore(ExitStore):
         version = version or new_version_id()
         name = collection_name(task, version)
         metadata = {META_KEY: {"task": task, "state": "writing"}}
-        self._create(name, models.VectorParams(size=dim, distance=models.Distance.COSINE), metadata, shared)
+        self._create(
+            name,
+            models.VectorParams(size=dim, distance=models.Distance.COSINE),
+            metadata,
+            shared,
+            indexed=True,
+        )
         return _QdrantVersionWriter(self, task, version, dim, shared=shared)
 
     def publish_shards(self, task: str, version: str, expect_shards: int) -> TaskVersion:
@@ -131,10 +143,17 @@ class QdrantExitStore(ExitStore):
         return info
 
     def _create(
-        self, name: str, vectors: models.VectorParams, metadata: dict[str, Any], shared: bool
+        self,
+        name: str,
+        vectors: models.VectorParams,
+        metadata: dict[str, Any],
+        shared: bool,
+        *,
+        indexed: bool = False,
     ) -> None:
         if shared and _call(lambda: self.client.collection_exists(name)):
             return
+        index = collection_index_config(self.policy, vectors.size) if indexed else {}
         try:
             _call(
                 lambda: self.client.create_collection(
@@ -143,6 +162,7 @@ class QdrantExitStore(ExitStore):
                     shard_number=self.shard_number,
                     replication_factor=self.replication_factor,
                     metadata=metadata,
+                    **index,
                 )
             )
         except (UnexpectedResponse, ValueError):
@@ -165,14 +185,16 @@ class QdrantExitStore(ExitStore):
     def search(self, task: str, vectors: np.ndarray, k: int) -> SearchResult:
         for attempt in range(2):
             collection = self._resolve(task)
+            info = self._info(collection, task)
+            exact = self.policy.exact_for(info.points) if self.exact is None else self.exact
             try:
-                hits = self._query(collection, vectors, k)
+                hits = self._query(collection, vectors, k, search_params(self.policy, exact=exact))
             except UnexpectedResponse as exc:
                 # A version swapped and deleted between resolving and querying: resolve again.
                 if exc.status_code != 404 or attempt:
                     raise StoreError(f"search in {collection}: {exc}") from exc
                 continue
-            return SearchResult(version=self._info(collection, task), neighbours=hits)
+            return SearchResult(version=info, neighbours=hits)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
@@ -198,8 +220,9 @@ class QdrantExitStore(ExitStore):
             self._info_by_collection[collection] = cached
         return cached
 
-    def _query(self, collection: str, vectors: np.ndarray, k: int) -> list[list[Neighbour]]:
-        params = models.SearchParams(exact=self.exact)
+    def _query(
+        self, collection: str, vectors: np.ndarray, k: int, params: models.SearchParams
+    ) -> list[list[Neighbour]]:
         requests = [
             models.QueryRequest(query=row.tolist(), limit=k, with_payload=True, params=params)
             for row in np.asarray(vectors, dtype=np.float32)
@@ -209,6 +232,37 @@ class QdrantExitStore(ExitStore):
             [Neighbour.from_payload(int(p.id), p.score, p.payload or {}) for p in response.points]
             for response in responses
         ]
+
+
+def collection_index_config(policy: IndexPolicy, dim: int) -> dict[str, Any]:
+    """``create_collection`` arguments giving a version the index of the embedded store."""
+    kb = threshold_kb(policy.threshold, dim)
+    quantization = (
+        models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=policy.quantile, always_ram=True
+            )
+        )
+        if policy.quantized
+        else None
+    )
+    return {
+        "hnsw_config": models.HnswConfigDiff(
+            m=policy.hnsw_m, ef_construct=policy.hnsw_ef_construct, full_scan_threshold=kb
+        ),
+        "optimizers_config": models.OptimizersConfigDiff(indexing_threshold=kb),
+        "quantization_config": quantization,
+    }
+
+
+def search_params(policy: IndexPolicy, *, exact: bool) -> models.SearchParams:
+    """Exact search reads the float vectors only; index search rescores quantised candidates."""
+    if exact:
+        return models.SearchParams(exact=True, quantization=models.QuantizationSearchParams(ignore=True))
+    quantization = models.QuantizationSearchParams(rescore=policy.rescore, oversampling=policy.oversampling)
+    return models.SearchParams(
+        hnsw_ef=policy.hnsw_ef, quantization=quantization if policy.quantized else None
+    )
 
 
 class _QdrantVersionWriter(VersionWriter):
