@@ -391,13 +391,10 @@ def _plan_fields(plan: ExitPlan, retrieval_ms: float) -> dict[str, object]:
     return fields
 
 
-def _predict(
-    probe: TaskProbe, texts: list[str], exit_layer: int
-) -> tuple[np.ndarray, float, dict[int, InvalidArgumentError]]:
-    """Run one group; texts over the token limit fail alone instead of failing the group.
-
-    Each prompt is tokenised once: the same ids give the limit check and the forward pass.
-    """
+def _tokenize_checked(
+    probe: TaskProbe, texts: list[str]
+) -> tuple[list[list[int]], dict[int, InvalidArgumentError]]:
+    """Each prompt's ids, and an error for each one over the token limit (by index)."""
     limit = probe.backbone.max_tokens
     ids = probe.tokenize(texts)
     too_long = {
@@ -405,6 +402,17 @@ def _predict(
         for i, row in enumerate(ids)
         if len(row) > limit
     }
+    return ids, too_long
+
+
+def _predict(
+    probe: TaskProbe, texts: list[str], exit_layer: int
+) -> tuple[np.ndarray, float, dict[int, InvalidArgumentError]]:
+    """Run one group; texts over the token limit fail alone instead of failing the group.
+
+    Each prompt is tokenised once: the same ids give the limit check and the forward pass.
+    """
+    ids, too_long = _tokenize_checked(probe, texts)
     keep = [i for i in range(len(texts)) if i not in too_long]
     started = time.perf_counter()
     probabilities = np.zeros((len(texts), probe.spec.num_labels), dtype=np.float32)
@@ -415,13 +423,7 @@ def _predict(
 
 def _run_overlapped(probe: TaskProbe, texts: list[str], stop: Callable[[int], bool]) -> _OverlapRun:
     """Every exit's state until ``stop`` says enough; over-long texts are left out (and reported)."""
-    limit = probe.backbone.max_tokens
-    ids = probe.tokenize(texts)
-    too_long = {
-        i: InvalidArgumentError("text", f"the prompt is {len(row)} tokens, more than the limit of {limit}")
-        for i, row in enumerate(ids)
-        if len(row) > limit
-    }
+    ids, too_long = _tokenize_checked(probe, texts)
     started = time.perf_counter()
     keep = [row for i, row in enumerate(ids) if i not in too_long]
     states: list[object] = list(probe.states_until(keep, stop)) if keep else []
