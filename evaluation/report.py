@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,11 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
     ]
     for family, tasks in summary["families"].items():
-        lines.append(f"### {family}")
-        lines.append("")
-        lines.append("| task | " + " | ".join(METHODS) + " |")
-        lines.append("|---" * (len(METHODS) + 1) + "|")
         rows = {**tasks, "**average**": averages(tasks)}
-        for task, methods in rows.items():
-            cells = [_cell(methods[m]) for m in METHODS]
-            lines.append(f"| {task} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += [f"### {family}", ""]
+        lines += _table(
+            "task", METHODS, {task: [_cell(m[name]) for name in METHODS] for task, m in rows.items()}
+        )
     return "\n".join(lines)
 
 
@@ -53,15 +50,13 @@ def degenerate_markdown(summary: dict[str, Any], details: dict[str, Any]) -> str
         "with a constant exit for each class, 100 by construction.",
         "",
     ]
+    names = ("confidence", "oracle", *DEGENERATE)
     for family, tasks in summary["families"].items():
-        names = ("confidence", "oracle", *DEGENERATE)
-        lines.append(f"| {family} | " + " | ".join(names) + " | constant exits |")
-        lines.append("|---" * (len(names) + 2) + "|")
-        for task, scores in tasks.items():
-            constant = details[family][task]["constant_exits"]
-            cells = [*(_cell(scores[name]) for name in names), ", ".join(map(str, constant)) or "none"]
-            lines.append(f"| {task} | " + " | ".join(cells) + " |")
-        lines.append("")
+        rows = {
+            task: [*(_cell(scores[name]) for name in names), _exits(details[family][task]["constant_exits"])]
+            for task, scores in tasks.items()
+        }
+        lines += _table(family, (*names, "constant exits"), rows)
     return "\n".join(lines)
 
 
@@ -77,19 +72,28 @@ def ablation_markdown(summary: dict[str, Any], details: dict[str, Any]) -> str:
     ]
     for family, tasks in details.items():
         scores = summary["families"][family]
-        lines.append(f"| {family} | raee | " + " | ".join(ABLATIONS) + " | static | constant exits |")
-        lines.append("|---" * (len(ABLATIONS) + 4) + "|")
-        for task, detail in tasks.items():
-            ablated = [detail["ablations"][a] for a in ABLATIONS]
-            cells = [
+        rows = {
+            task: [
                 _cell(scores[task]["raee"]),
-                *(_cell(a) for a in ablated),
+                *(_cell(detail["ablations"][a]) for a in ABLATIONS),
                 _cell(scores[task]["static"]),
-                ", ".join(str(e) for e in detail["constant_exits"]) or "none",
+                _exits(detail["constant_exits"]),
             ]
-            lines.append(f"| {task} | " + " | ".join(cells) + " |")
-        lines.append("")
+            for task, detail in tasks.items()
+        }
+        lines += _table(family, ("raee", *ABLATIONS, "static", "constant exits"), rows)
     return "\n".join(lines)
+
+
+def _table(corner: str, columns: Sequence[str], rows: dict[str, list[str]]) -> list[str]:
+    """A markdown table, then a blank line."""
+    lines = [f"| {corner} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
+    return [*lines, ""]
+
+
+def _exits(exits: Sequence[int]) -> str:
+    return ", ".join(map(str, exits)) or "none"
 
 
 def _cell(values: dict[str, float]) -> str:
