@@ -94,3 +94,25 @@ def test_the_measured_rows_are_their_benchmark_files() -> None:
     p50, p95 = latency["batch1_p50_ms"], latency["batch1_p95_ms"]
     assert shown[:3] == [round(p50["raee"], 1), round(p50["full"], 1), round(latency["latency_ratio_p50"], 2)]
     assert shown[3:5] == [round(p95["raee"], 1), round(p95["full"], 1)]
+
+
+def test_the_scale_row_is_scale_json() -> None:
+    sizes = result("scale.json")["sizes"]
+    shown = numbers(
+        table_rows("What")["Exit store at 100k and 1M synthetic 384-d points (HNSW over int8, rescored)"][0]
+    )
+    million, hundred_k = sizes["1000000"], sizes["100000"]
+    assert shown[1:] == [
+        round(million["build_s"]),
+        round(million["bytes_per_point"]),
+        12,
+        round(million["p50_ms"], 2),
+        round(million["p99_ms"], 2),
+        12,
+        round(million["recall_at_12"], 3),
+        round(million["exit_agreement"], 3),
+        100,
+        round(hundred_k["p50_ms"], 2),
+        12,
+        round(hundred_k["recall_at_12"], 1),
+    ]
