@@ -207,7 +207,8 @@ def host_classify(store: Path, task: str, texts: Sequence[str]) -> list[tuple[st
     )
     with tempfile.TemporaryDirectory() as scratch:
         out, log = Path(scratch, "answers.jsonl"), Path(scratch, "up.log")
-        env = {**os.environ, "OUT": str(out), "PYTHONPATH": str(ROOT)}
+        # No collector runs here: with the OTLP exporter, retries would bury the pair's own log.
+        env = {**os.environ, "OUT": str(out), "PYTHONPATH": str(ROOT), "OTEL_TRACES_EXPORTER": "none"}
         done = subprocess.run(
             ["unshare", "--net", "bash", "-c", script, "host", str(store), str(log), task, *texts],
             env=env,
