@@ -148,11 +148,13 @@ def _readable_by_all(folder: Path) -> None:
 
 
 def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with every graph optimisation, one intra-op thread per core by default."""
+    """An ONNX Runtime CPU session with every graph optimisation and torch's thread count by default."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Small graphs gain nothing from inter-op parallelism; intra-op threads match the cores we may use.
-    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    # Small graphs gain nothing from inter-op parallelism. Intra-op threads: as many as torch
+    # uses, which honours OMP_NUM_THREADS (k8s sets it to the CPU limit; the affinity mask
+    # would count every core of the node).
+    options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Idle pool threads would otherwise spin-wait after each run, taking the cores that the
