@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from prometheus_client import REGISTRY
 from transformers import AutoTokenizer, RobertaConfig, RobertaForMaskedLM
 
 from ingest import run_ingest
@@ -20,7 +21,14 @@ from raee.tasks import TaskSpec
 from raee_cli.demo import DEMO_DIR
 from raee_cli.pair import ServicePair, start_pair
 
+
 # The demo's test sentences, as shipped.
+def requests_counted(method: str, code: str) -> int:
+    """Calls of ``method`` that ended with ``code``, by the services' request metric (this process)."""
+    value = REGISTRY.get_sample_value("raee_grpc_request_seconds_count", {"method": method, "code": code})
+    return int(value or 0)
+
+
 DEMO_TEST_TEXTS = [json.loads(line)["text"] for line in (DEMO_DIR / "test.jsonl").read_text().splitlines()]
 
 SENTIMENT_TEXTS = [

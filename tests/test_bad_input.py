@@ -16,23 +16,17 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from prometheus_client import REGISTRY
 
 from raee.backbone import Backbone
 from raee.encoder import QueryEncoder
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, retrieval_pb2
 from raee_cli.pair import ServicePair
-from tests.conftest import start_demo_pair
+from tests.conftest import requests_counted, start_demo_pair
 
 INFERENCE_METHODS = ["Classify", "ClassifyBatch"]
 RETRIEVAL_METHODS = ["GetExitDistribution", "BatchGetExitDistribution", "ListTasks", "GetTask"]
 GARBAGE = [b"\xff", b"\x0a\xff\xff\xff\xff\x0f", b"\x12\x05abc", bytes(range(256)), b"\x08\x80"]
-
-
-def counted(method: str, code: str) -> int:
-    value = REGISTRY.get_sample_value("raee_grpc_request_seconds_count", {"method": method, "code": code})
-    return int(value or 0)
 
 
 async def raw_call(channel: grpc.aio.Channel, path: str, body: bytes) -> grpc.aio.AioRpcError | bytes:
@@ -51,7 +45,7 @@ async def test_undecodable_bodies_are_invalid_argument_without_tracebacks(
     ]
     caplog.set_level(logging.WARNING)
     for address, service, method in targets:
-        before = counted(method, "INVALID_ARGUMENT")
+        before = requests_counted(method, "INVALID_ARGUMENT")
         async with grpc.aio.insecure_channel(address) as channel:
             for body in GARBAGE:
                 answer = await raw_call(channel, f"/{service}/{method}", body)
@@ -61,10 +55,10 @@ async def test_undecodable_bodies_are_invalid_argument_without_tracebacks(
                 assert details.startswith("request:"), details
                 assert "Error" not in details and "Exception" not in details  # no internal type names
         for _ in range(100):  # the handler counts the call just after the client has its reply
-            if counted(method, "INVALID_ARGUMENT") - before >= len(GARBAGE):
+            if requests_counted(method, "INVALID_ARGUMENT") - before >= len(GARBAGE):
                 break
             await asyncio.sleep(0.05)
-        assert counted(method, "INVALID_ARGUMENT") - before == len(GARBAGE)
+        assert requests_counted(method, "INVALID_ARGUMENT") - before == len(GARBAGE)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a traceback was logged"
     # Logged, but rate-limited: far fewer warnings than refused calls.
     warnings = [r for r in caplog.records if "undecodable" in r.getMessage()]
@@ -161,7 +155,7 @@ async def test_cancelled_calls_are_counted_as_cancelled(
     pair: ServicePair, demo_spec: TaskSpec, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="asyncio")
-    before = counted("ClassifyBatch", "CANCELLED")
+    before = requests_counted("ClassifyBatch", "CANCELLED")
     async with grpc.aio.insecure_channel(pair.inference_address) as channel:
         batch = channel.unary_unary(
             "/raee.v1.InferenceService/ClassifyBatch",
@@ -182,10 +176,10 @@ async def test_cancelled_calls_are_counted_as_cancelled(
         with pytest.raises(asyncio.CancelledError):
             await call
         for _ in range(100):  # the server notices the cancellation asynchronously
-            if counted("ClassifyBatch", "CANCELLED") > before:
+            if requests_counted("ClassifyBatch", "CANCELLED") > before:
                 break
             await asyncio.sleep(0.1)
-    assert counted("ClassifyBatch", "CANCELLED") == before + 1
+    assert requests_counted("ClassifyBatch", "CANCELLED") == before + 1
     await asyncio.sleep(0.5)
     gc.collect()
     await asyncio.sleep(0)

@@ -39,6 +39,7 @@ from raee_cli.client import InferenceClient
 from raee_cli.demo import DEMO_DIR
 from raee_cli.pair import ServicePair, start_pair
 from retrieval_service import server as retrieval_server
+from tests.conftest import requests_counted
 
 RETRIEVAL_TOKEN = "retrieval-token-7f3a9c"
 INFERENCE_TOKEN = "inference-token-2b8e41"
@@ -231,20 +232,14 @@ async def test_tokens_are_checked_before_bodies_are_decoded(
     caplog.set_level(logging.WARNING)
     credentials = grpc.ssl_channel_credentials(Path(pki["ca"]).read_bytes())
 
-    def unauthenticated() -> float:
-        value = REGISTRY.get_sample_value(
-            "raee_grpc_request_seconds_count", {"method": "ClassifyBatch", "code": "UNAUTHENTICATED"}
-        )
-        return value or 0.0
-
-    before = unauthenticated()
+    before = requests_counted("ClassifyBatch", "UNAUTHENTICATED")
     async with grpc.aio.secure_channel(secure_pair.inference_address, credentials) as channel:
         raw = channel.unary_unary("/raee.v1.InferenceService/ClassifyBatch")
         for _ in range(20):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await raw(b"\xff\xff\xff", timeout=10)
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert unauthenticated() - before == 20
+    assert requests_counted("ClassifyBatch", "UNAUTHENTICATED") - before == 20
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     refusals = [r for r in caplog.records if "refused a call" in r.getMessage()]
     assert 1 <= len(refusals) < 20  # logged, rate-limited

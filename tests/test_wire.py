@@ -8,7 +8,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client import REGISTRY
 
 from raee.encoder import QueryEncoder
 from raee.errors import InvalidArgumentError, InvalidTaskNameError, RemoteError
@@ -25,6 +24,7 @@ from raee.wire.retrieval import (
     exit_query,
 )
 from retrieval_service import server as retrieval_server
+from tests.conftest import requests_counted
 
 LIMITS = QueryLimits(default_k=12, max_k=64, max_text_chars=100)
 
@@ -100,16 +100,13 @@ def test_relayed_errors_keep_their_status() -> None:
     assert (code, message) == (grpc.StatusCode.NOT_FOUND, "task 'x' has no version")
 
 
-def _ended_at_deadline(method: str) -> float:
+def _ended_at_deadline(method: str) -> int:
     """Calls of ``method`` the server ended at their deadline.
 
     Two timers race there: the handler's own wait (DEADLINE_EXCEEDED) and gRPC
     cancelling the call when the deadline passes (CANCELLED). Either ends the handler.
     """
-    return sum(
-        REGISTRY.get_sample_value("raee_grpc_request_seconds_count", {"method": method, "code": code}) or 0.0
-        for code in ("DEADLINE_EXCEEDED", "CANCELLED")
-    )
+    return sum(requests_counted(method, code) for code in ("DEADLINE_EXCEEDED", "CANCELLED"))
 
 
 async def test_the_retrieval_service_gives_up_at_the_callers_deadline(
