@@ -28,6 +28,18 @@ def task_parser(doc: str | None, task: str = "sst2", data: Path | None = None) -
     return parser
 
 
+def demo_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser with the flags of a benchmark that serves the demo unless told otherwise:
+    ``--task``, ``--home`` (when absent, the demo is ingested into a private store) and ``--out``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="demo-sentiment")
+    parser.add_argument(
+        "--home", type=Path, help="an embedded store holding --task (default: ingest the demo)"
+    )
+    parser.add_argument("--out", type=Path, help="also write the report here")
+    return parser
+
+
 def read_valid(path: Path, spec: TaskSpec, limit: int | None = None) -> list[Example]:
     """The first ``limit`` rows of ``path`` (all when ``None``); any invalid row stops the benchmark."""
     examples, errors = read_examples(path, spec)

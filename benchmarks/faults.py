@@ -30,7 +30,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from _common import emit
+from _common import demo_parser, emit
 
 from raee.settings import InferenceSettings, RetrievalSettings
 from raee.store import open_store
@@ -249,18 +249,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--task", default="demo-sentiment")
-    parser.add_argument(
-        "--home", type=Path, help="an embedded store holding --task (default: ingest the demo)"
-    )
+    parser = demo_parser(__doc__)
     parser.add_argument("--scenarios", nargs="+", default=["retrieval-kill", "drain", "fairness"])
     parser.add_argument("--down-s", type=float, default=20.0, help="how long retrieval stays down")
     parser.add_argument("--normal-s", type=float, default=20.0, help="length of the normal phases")
     parser.add_argument("--grace-s", type=float, default=10.0, help="shutdown grace of the drain scenario")
     parser.add_argument("--singles", type=int, default=40, help="single calls timed per phase")
-    parser.add_argument("--out", type=Path)
     arguments = parser.parse_args()
     emit(asyncio.run(main(arguments)), arguments.out)

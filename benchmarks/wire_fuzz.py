@@ -20,11 +20,10 @@ import random
 import resource
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
-from _common import emit
+from _common import demo_parser, emit
 from faults import ensure_task, pair_on
 from prometheus_client import REGISTRY
 
@@ -100,17 +99,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--task", default="demo-sentiment")
-    parser.add_argument(
-        "--home", type=Path, help="an embedded store holding --task (default: ingest the demo)"
-    )
+    parser = demo_parser(__doc__)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--out", type=Path)
     arguments = parser.parse_args()
     report = asyncio.run(run(arguments))
     emit(report, arguments.out)
