@@ -12,6 +12,7 @@ the same ``id`` and stores ingested with either serve queries from the other.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,7 +62,8 @@ class QueryEncoder:
 
         self.model = None  # the torch weights are only needed to export; let them go
         self.onnx_path = encoder_onnx.cached_export(model, self.name, fingerprint)
-        self._session = encoder_onnx.session(self.onnx_path)
+        # Bound once here: onnxruntime is imported only for this runtime, and not per call.
+        self._run_onnx = functools.partial(encoder_onnx.run, encoder_onnx.session(self.onnx_path))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """``(n, dim)`` float32 unit vectors."""
@@ -79,8 +81,6 @@ class QueryEncoder:
         return self._encode_onnx(list(texts))
 
     def _encode_onnx(self, texts: list[str]) -> np.ndarray:
-        from raee import encoder_onnx
-
         # Longest first, as sentence-transformers does, so that each batch pads little.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -93,7 +93,7 @@ class QueryEncoder:
                 max_length=self.max_seq_length,
                 return_tensors="np",
             )
-            out[chunk] = encoder_onnx.run(self._session, dict(batch))
+            out[chunk] = self._run_onnx(dict(batch))
         return out
 
 
