@@ -36,7 +36,7 @@ EXPORT_RECIPE = "st-mean-l2/opset17/v1"
 _OPSET = 17
 _MODEL_FILE = "model.onnx"
 _DIGEST_FILE = "model.onnx.sha256"
-_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class _MeanPooledUnit(torch.nn.Module):
@@ -121,7 +121,7 @@ def _trace(model: SentenceTransformer, path: Path) -> None:
         raise EncoderLoadError(f"encoder: cannot export {type(model[0]).__name__}: no transformer module")
     unit = _MeanPooledUnit(transformer).eval()
     example = model.tokenizer(["an example", "a longer example sentence"], padding=True, return_tensors="pt")
-    dynamic = {name: {0: "batch", 1: "sequence"} for name in _INPUTS} | {"embedding": {0: "batch"}}
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | {"embedding": {0: "batch"}}
     # The TorchScript exporter needs no onnxscript. Its tracer warns about Python branches on
     # shapes inside BERT's attention; they do not depend on the batch or sequence length here
     # (tests/test_encoder.py compares batches of every shape against sentence-transformers).
@@ -129,9 +129,9 @@ def _trace(model: SentenceTransformer, path: Path) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             unit,
-            tuple(example[name] for name in _INPUTS),
+            tuple(example[name] for name in INPUTS),
             str(path),
-            input_names=list(_INPUTS),
+            input_names=list(INPUTS),
             output_names=["embedding"],
             dynamic_axes=dynamic,
             opset_version=_OPSET,
@@ -165,6 +165,6 @@ def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
 
 def run(sess: ort.InferenceSession, batch: dict[str, np.ndarray]) -> np.ndarray:
     """``(n, dim)`` float32 unit vectors for one tokenised batch."""
-    feeds = {name: np.ascontiguousarray(batch[name], dtype=np.int64) for name in _INPUTS}
+    feeds = {name: np.ascontiguousarray(batch[name], dtype=np.int64) for name in INPUTS}
     (vectors,) = sess.run(["embedding"], feeds)
     return np.asarray(vectors, dtype=np.float32)

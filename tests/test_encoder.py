@@ -6,6 +6,7 @@ other: that holds only while their vectors agree, which these tests pin.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-from raee.encoder import ONNX_TOLERANCE, QueryEncoder
+from raee.encoder import ONNX_TOLERANCE, RUN_COST_TOKENS, QueryEncoder, length_runs
 from raee.encoder_onnx import export_folder
 from raee.errors import EncoderLoadError, EncoderMismatchError
 from raee.serving.errors import status_of
@@ -58,12 +59,46 @@ def test_onnx_vectors_equal_sentence_transformers_within_the_tolerance(
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
-def test_batch_shapes_do_not_change_the_vectors(encoder: QueryEncoder, texts: list[str]) -> None:
+@pytest.mark.parametrize("run_cost", [RUN_COST_TOKENS, 10**6], ids=["by-length", "one-padded-batch"])
+def test_batch_shapes_do_not_change_the_vectors(
+    encoder: QueryEncoder, texts: list[str], run_cost: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The graph's batch and sequence axes are dynamic: one text alone equals it padded in a batch."""
+    monkeypatch.setattr(encoder, "run_cost_tokens", run_cost)  # 10**6: every text padded to 256
     batch = texts[:16] + EDGE_CASES
     together = encoder.encode(batch)
     alone = np.stack([encoder.encode([text])[0] for text in batch])
     assert float(np.abs(together - alone).max()) < ONNX_TOLERANCE
+
+
+def _padded_cost(lengths: list[int], runs: list[list[int]], run_cost: int) -> int:
+    return sum(run_cost + len(run) * max(lengths[i] for i in run) for run in runs)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_length_runs_partition_the_texts_at_least_cost(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lengths = [int(n) for n in rng.integers(1, 60, size=int(rng.integers(1, 9)))]
+    max_size, run_cost = int(rng.integers(1, 5)), int(rng.integers(0, 30))
+    runs = length_runs(lengths, max_size, run_cost)
+    assert sorted(i for run in runs for i in run) == list(range(len(lengths)))
+    assert all(1 <= len(run) <= max_size for run in runs)
+    # Against every way of cutting the texts, sorted by length, into runs (brute force).
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    cheapest = min(
+        _padded_cost(lengths, [order[a:b] for a, b in itertools.pairwise((0, *cuts, len(order)))], run_cost)
+        for count in range(len(order))
+        for cuts in itertools.combinations(range(1, len(order)), count)
+        if all(b - a <= max_size for a, b in itertools.pairwise((0, *cuts, len(order))))
+    )
+    assert _padded_cost(lengths, runs, run_cost) == cheapest
+
+
+def test_length_runs_trade_padding_against_runs() -> None:
+    lengths = [5, 40, 6, 41]
+    assert length_runs(lengths, 64, 0) == [[0], [2], [1], [3]]  # runs are free: no padding at all
+    assert length_runs(lengths, 64, 10**6) == [[0, 2, 1, 3]]  # runs are dear: one padded batch
+    assert length_runs(lengths, 64, 8) == [[0, 2], [1, 3]]  # similar lengths together
 
 
 def test_top_k_neighbours_agree(encoder: QueryEncoder, reference: QueryEncoder, texts: list[str]) -> None:
