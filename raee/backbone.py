@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 
+from raee.batching import pad_rows
 from raee.errors import InputTooLongError, TaskSpecError
 from raee.fingerprint import weights_fingerprint
 from raee.model_loading import BackboneKind, load_model, load_tokenizer, resolve_source
@@ -178,14 +179,39 @@ class TaskProbe:
             raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
         return self.predict_tokens(self.tokenize(texts), exit_layer)
 
-    @torch.inference_mode()
     def predict_tokens(self, ids: Sequence[Sequence[int]], exit_layer: int) -> np.ndarray:
         """:meth:`predict_at` for prompts already tokenised by :meth:`tokenize` (tokenised once)."""
-        if not 0 <= exit_layer <= self.num_layers:
-            raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
+        return self.predict_rows(ids, [exit_layer] * len(ids))
+
+    @torch.inference_mode()
+    def predict_rows(self, ids: Sequence[Sequence[int]], exits: Sequence[int]) -> np.ndarray:
+        """Label-word probabilities ``(n, C)``, row ``i`` read at exit ``exits[i]``.
+
+        One pass runs every row to the deepest of ``exits``; layers above it never run.
+        """
+        if len(exits) != len(ids):
+            raise ValueError(f"exits: {len(exits)} given for {len(ids)} prompts")
+        for exit_layer in exits:
+            if not 0 <= exit_layer <= self.num_layers:
+                raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
         encoded, positions = self._pad(ids)
-        (state,) = self._run(encoded, positions, exits=range(exit_layer, exit_layer + 1))
-        return self._probabilities(state).numpy()
+        rows_at: dict[int, list[int]] = {}
+        for row, exit_layer in enumerate(exits):
+            rows_at.setdefault(exit_layer, []).append(row)
+        wanted = sorted(rows_at)
+        states: dict[int, torch.Tensor] = {}
+
+        def keep(hidden: torch.Tensor, exit_layer: int) -> None:
+            if exit_layer in rows_at:
+                for row in rows_at[exit_layer]:
+                    states[row] = hidden[row, positions[row]]
+            if exit_layer == wanted[-1]:
+                raise _StopForward
+
+        self._forward(encoded, wanted, keep)
+        if len(states) != len(ids):  # pragma: no cover - would mean hooks did not fire
+            raise UnsupportedBackboneError("the model did not run through its layer modules")
+        return self._probabilities(torch.stack([states[row] for row in range(len(ids))])).numpy()
 
     @torch.inference_mode()
     def states_until(self, ids: Sequence[Sequence[int]], stop: Callable[[int], bool]) -> list[torch.Tensor]:
@@ -253,7 +279,7 @@ class TaskProbe:
         return captured
 
     def _forward(
-        self, encoded: BatchEncoding, exits: range, keep: Callable[[torch.Tensor, int], None]
+        self, encoded: BatchEncoding, exits: Sequence[int], keep: Callable[[torch.Tensor, int], None]
     ) -> None:
         """Run the model with ``keep`` hooked at ``exits``; ``keep`` ends the pass by raising."""
         with _hooks(self.backbone.layers, exits, keep):
@@ -274,18 +300,15 @@ class TaskProbe:
 
 def _padded(ids: Sequence[Sequence[int]], pad_id: int, *, left: bool) -> BatchEncoding:
     """What ``tokenizer(prompts, padding=True, return_tensors="pt")`` returns, from ids."""
-    width = max(len(row) for row in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for index, row in enumerate(ids):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        input_ids[index, span] = torch.tensor(row, dtype=torch.long)
-        mask[index, span] = 1
-    return BatchEncoding({"input_ids": input_ids, "attention_mask": mask})
+    input_ids = pad_rows(ids, pad_id, left=left)
+    mask = pad_rows([[1] * len(row) for row in ids], 0, left=left)
+    return BatchEncoding({"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)})
 
 
 @contextmanager
-def _hooks(layers: nn.ModuleList, exits: range, keep: Callable[[torch.Tensor, int], None]) -> Iterator[None]:
+def _hooks(
+    layers: nn.ModuleList, exits: Sequence[int], keep: Callable[[torch.Tensor, int], None]
+) -> Iterator[None]:
     """Hook the modules that produce the wanted exits: layer 1's input is exit 0."""
     handles = []
     if 0 in exits:

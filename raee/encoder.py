@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
+from raee.batching import cheapest_runs, pad_rows
 from raee.defaults import DEFAULT_ENCODER, DEFAULT_ENCODER_RUNTIME, EncoderRuntime
 from raee.fingerprint import weights_fingerprint
 
@@ -95,9 +96,8 @@ class QueryEncoder:
         left = self.tokenizer.padding_side == "left"
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for run in length_runs(lengths, self.batch_size, self.run_cost_tokens):
-            width = max(lengths[i] for i in run)
             batch = {
-                name: _padded([rows[name][i] for i in run], width, pad_id if name == "input_ids" else 0, left)
+                name: pad_rows([rows[name][i] for i in run], pad_id if name == "input_ids" else 0, left=left)
                 for name in rows
             }
             out[run] = self._run_onnx(batch)
@@ -105,36 +105,8 @@ class QueryEncoder:
 
 
 def length_runs(lengths: Sequence[int], max_size: int, run_cost: int) -> list[list[int]]:
-    """Indices grouped into runs of similar length that minimise padded tokens plus a cost per run.
-
-    A run costs ``run_cost + size * longest`` token positions: one pass over the texts
-    sorted by length (dynamic programming over where each run ends).
-    """
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of the first j sorted texts
-    start_of = [0] * (len(order) + 1)
-    for end in range(1, len(order) + 1):
-        longest = lengths[order[end - 1]]
-        for start in range(max(0, end - max_size), end):
-            cost = best[start] + run_cost + (end - start) * longest
-            if cost < best[end]:
-                best[end], start_of[end] = cost, start
-    runs: list[list[int]] = []
-    end = len(order)
-    while end:
-        runs.append(order[start_of[end] : end])
-        end = start_of[end]
-    return runs[::-1]
-
-
-def _padded(rows: list[list[int]], width: int, value: int, left: bool) -> np.ndarray:
-    batch = np.full((len(rows), width), value, dtype=np.int64)
-    for index, row in enumerate(rows):
-        if left:
-            batch[index, width - len(row) :] = row
-        else:
-            batch[index, : len(row)] = row
-    return batch
+    """Texts (by token count) in runs of similar length: ``run_cost + size * longest`` positions each."""
+    return cheapest_runs(lengths, lambda size, longest: run_cost + size * longest, max_size)
 
 
 def _resolve(source: str) -> tuple[Path | str, str]:
