@@ -1,4 +1,4 @@
-"""The inference worker: one retrieval call per micro-batch, then truncated forward passes.
+"""The inference worker: one retrieval call per micro-batch, one truncated forward pass per exit group.
 
 For a batch of requests the worker
 
@@ -12,9 +12,8 @@ For a batch of requests the worker
    accurate), or at full depth for a task without that record. After such a
    failure the worker does not ask retrieval again for ``retry_after_s``, so a
    slow retrieval service costs one timeout, not one per batch;
-3. splits each task's requests into forward passes (:mod:`inference_service.passes`:
-   nearby exits share a pass, far shallower ones get their own) and runs each
-   pass only up to its deepest exit, reading every request at its own.
+3. groups requests by (task, exit layer) and runs the backbone once per group,
+   only up to that layer.
 
 With ``overlap_retrieval`` (``RAEE_OVERLAP_RETRIEVAL``) the RAEE requests of a
 batch that asks about one task start their forward pass while step 2 is in
@@ -38,7 +37,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from inference_service.passes import plan_passes
 from raee.backbone import Backbone, TaskProbe
 from raee.errors import (
     BackboneMismatchError,
@@ -285,26 +283,20 @@ class InferenceWorker:
         plans: dict[int, _Plan],
         results: list[Outcome | BaseException | None],
     ) -> None:
-        by_task: dict[str, list[int]] = defaultdict(list)
-        for index in plans:
-            by_task[items[index].task].append(index)
-        passes = [
-            [indices[member] for member in run]
-            for indices in by_task.values()
-            for run in plan_passes([plans[i].exit_layer for i in indices])
-        ]
-        BATCH_GROUPS.observe(len(passes))
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for index, plan in plans.items():
+            groups[(items[index].task, plan.exit_layer)].append(index)
+        BATCH_GROUPS.observe(len(groups))
         loop = asyncio.get_running_loop()
-        for indices in passes:
+        for (task_name, exit_layer), indices in groups.items():
             GROUP_SIZE.observe(len(indices))
-            task_name, task = items[indices[0]].task, plans[indices[0]].task
+            task = plans[indices[0]].task
             probe = self._probe(task_name, task)
             texts = [items[i].text for i in indices]
-            exits = [plans[i].exit_layer for i in indices]
             try:
-                with tracing.span("forward", task=task_name, exit_layer=max(exits), size=len(indices)):
+                with tracing.span("forward", task=task_name, exit_layer=exit_layer, size=len(indices)):
                     probabilities, forward_ms, too_long = await loop.run_in_executor(
-                        self._executor, _predict, probe, texts, exits
+                        self._executor, _predict, probe, texts, exit_layer
                     )
             except Exception as error:
                 for i in indices:
@@ -315,11 +307,11 @@ class InferenceWorker:
                     results[i] = too_long[position]
                     continue
                 mode = items[i].mode.name.lower()
-                EXIT_LAYER.labels("inference", mode).observe(exits[position])
+                EXIT_LAYER.labels("inference", mode).observe(exit_layer)
                 results[i] = _outcome(
                     task,
                     probabilities[position],
-                    exits[position],
+                    exit_layer,
                     self.backbone.num_layers,
                     plans[i],
                     forward_ms,
@@ -371,8 +363,10 @@ class InferenceWorker:
                 results[i] = run.too_long[position]
                 continue
             EXIT_LAYER.labels("inference", "raee").observe(exit_layer)
+            # As on the plain path: the requests of this batch with the same exit.
+            group = exits.count(exit_layer)
             results[i] = _outcome(
-                overlap.task, row, exit_layer, self.backbone.num_layers, plan, run.forward_ms, len(planned)
+                overlap.task, row, exit_layer, self.backbone.num_layers, plan, run.forward_ms, group
             )
 
     def _probe(self, name: str, task: _Task) -> TaskProbe:
@@ -412,9 +406,9 @@ def _tokenize_checked(
 
 
 def _predict(
-    probe: TaskProbe, texts: list[str], exits: list[int]
+    probe: TaskProbe, texts: list[str], exit_layer: int
 ) -> tuple[np.ndarray, float, dict[int, InvalidArgumentError]]:
-    """Run one pass, each text read at its exit; texts over the token limit fail alone.
+    """Run one group; texts over the token limit fail alone instead of failing the group.
 
     Each prompt is tokenised once: the same ids give the limit check and the forward pass.
     """
@@ -423,7 +417,7 @@ def _predict(
     started = time.perf_counter()
     probabilities = np.zeros((len(texts), probe.spec.num_labels), dtype=np.float32)
     if keep:
-        probabilities[keep] = probe.predict_rows([ids[i] for i in keep], [exits[i] for i in keep])
+        probabilities[keep] = probe.predict_tokens([ids[i] for i in keep], exit_layer)
     return probabilities, 1000 * (time.perf_counter() - started), too_long
 
 

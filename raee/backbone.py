@@ -179,39 +179,14 @@ class TaskProbe:
             raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
         return self.predict_tokens(self.tokenize(texts), exit_layer)
 
+    @torch.inference_mode()
     def predict_tokens(self, ids: Sequence[Sequence[int]], exit_layer: int) -> np.ndarray:
         """:meth:`predict_at` for prompts already tokenised by :meth:`tokenize` (tokenised once)."""
-        return self.predict_rows(ids, [exit_layer] * len(ids))
-
-    @torch.inference_mode()
-    def predict_rows(self, ids: Sequence[Sequence[int]], exits: Sequence[int]) -> np.ndarray:
-        """Label-word probabilities ``(n, C)``, row ``i`` read at exit ``exits[i]``.
-
-        One pass runs every row to the deepest of ``exits``; layers above it never run.
-        """
-        if len(exits) != len(ids):
-            raise ValueError(f"exits: {len(exits)} given for {len(ids)} prompts")
-        for exit_layer in exits:
-            if not 0 <= exit_layer <= self.num_layers:
-                raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
+        if not 0 <= exit_layer <= self.num_layers:
+            raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
         encoded, positions = self._pad(ids)
-        rows_at: dict[int, list[int]] = {}
-        for row, exit_layer in enumerate(exits):
-            rows_at.setdefault(exit_layer, []).append(row)
-        wanted = sorted(rows_at)
-        states: dict[int, torch.Tensor] = {}
-
-        def keep(hidden: torch.Tensor, exit_layer: int) -> None:
-            if exit_layer in rows_at:
-                for row in rows_at[exit_layer]:
-                    states[row] = hidden[row, positions[row]]
-            if exit_layer == wanted[-1]:
-                raise _StopForward
-
-        self._forward(encoded, wanted, keep)
-        if len(states) != len(ids):  # pragma: no cover - would mean hooks did not fire
-            raise UnsupportedBackboneError("the model did not run through its layer modules")
-        return self._probabilities(torch.stack([states[row] for row in range(len(ids))])).numpy()
+        (state,) = self._run(encoded, positions, exits=range(exit_layer, exit_layer + 1))
+        return self._probabilities(state).numpy()
 
     @torch.inference_mode()
     def states_until(self, ids: Sequence[Sequence[int]], stop: Callable[[int], bool]) -> list[torch.Tensor]:
@@ -279,7 +254,7 @@ class TaskProbe:
         return captured
 
     def _forward(
-        self, encoded: BatchEncoding, exits: Sequence[int], keep: Callable[[torch.Tensor, int], None]
+        self, encoded: BatchEncoding, exits: range, keep: Callable[[torch.Tensor, int], None]
     ) -> None:
         """Run the model with ``keep`` hooked at ``exits``; ``keep`` ends the pass by raising."""
         with _hooks(self.backbone.layers, exits, keep):
@@ -306,9 +281,7 @@ def _padded(ids: Sequence[Sequence[int]], pad_id: int, *, left: bool) -> BatchEn
 
 
 @contextmanager
-def _hooks(
-    layers: nn.ModuleList, exits: Sequence[int], keep: Callable[[torch.Tensor, int], None]
-) -> Iterator[None]:
+def _hooks(layers: nn.ModuleList, exits: range, keep: Callable[[torch.Tensor, int], None]) -> Iterator[None]:
     """Hook the modules that produce the wanted exits: layer 1's input is exit 0."""
     handles = []
     if 0 in exits:

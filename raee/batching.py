@@ -1,38 +1,32 @@
-"""Cutting a batch of work into runs that share one pass, at the least total cost.
+"""Batches of token rows: padding them, and cutting a batch into runs that pad little.
 
-Both models pad a batch to its largest member: the query encoder pads texts to
-the longest (its cost grows with size × length), and a truncated forward pass
-runs every row to the deepest exit among them (size × depth). One more pass
-costs a fixed amount; a pass shared by unlike members wastes the padding. The
-cheapest split of members sorted by that size measure is a contiguous one, found
-exactly by dynamic programming over where each run ends (n ≤ a few hundred here).
+A model pads a batch to its longest member, and padding costs as much as real
+tokens, while one more run costs a fixed amount. The cheapest split of texts
+sorted by length is a contiguous one, found exactly by dynamic programming over
+where each run ends (a batch holds at most a few hundred texts here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-RunCost = Callable[[int, int], float]
-"""The cost of one run from its member count and its largest measure (length, depth)."""
 
+def length_runs(lengths: Sequence[int], max_size: int, run_cost: int) -> list[list[int]]:
+    """Indices of ``lengths`` in runs of at most ``max_size`` that cost the fewest token positions.
 
-def cheapest_runs(measures: Sequence[int], cost: RunCost, max_size: int | None = None) -> list[list[int]]:
-    """Indices of ``measures`` grouped into runs of at most ``max_size``, least total ``cost`` first found.
-
-    Runs come out in increasing order of measure; each lists its indices by
-    increasing measure.
+    A run costs ``run_cost + size * longest``. Runs come out shortest first; each
+    lists its indices by increasing length.
     """
-    order = sorted(range(len(measures)), key=measures.__getitem__)
-    widest = max_size or len(order)
-    best = [0.0] + [float("inf")] * len(order)  # best[j]: the cheapest split of the first j members
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    best = [0] + [-1] * len(order)  # best[j]: the cheapest split of the j shortest texts
     start_of = [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):
-        largest = measures[order[end - 1]]
-        for start in range(max(0, end - widest), end):
-            total = best[start] + cost(end - start, largest)
-            if total < best[end]:
+        longest = lengths[order[end - 1]]
+        for start in range(max(0, end - max_size), end):
+            total = best[start] + run_cost + (end - start) * longest
+            if best[end] < 0 or total < best[end]:
                 best[end], start_of[end] = total, start
     runs: list[list[int]] = []
     end = len(order)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
-from raee.batching import cheapest_runs, pad_rows
+from raee.batching import length_runs, pad_rows
 from raee.defaults import DEFAULT_ENCODER, DEFAULT_ENCODER_RUNTIME, EncoderRuntime
 from raee.fingerprint import weights_fingerprint
 
@@ -102,11 +102,6 @@ class QueryEncoder:
             }
             out[run] = self._run_onnx(batch)
         return out
-
-
-def length_runs(lengths: Sequence[int], max_size: int, run_cost: int) -> list[list[int]]:
-    """Texts (by token count) in runs of similar length: ``run_cost + size * longest`` positions each."""
-    return cheapest_runs(lengths, lambda size, longest: run_cost + size * longest, max_size)
 
 
 def _resolve(source: str) -> tuple[Path | str, str]:

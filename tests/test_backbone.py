@@ -96,22 +96,6 @@ def test_batched_equals_one_by_one(probe_case: tuple[Backbone, TaskSpec]) -> Non
     )
 
 
-def test_one_pass_reads_each_row_at_its_own_exit(probe_case: tuple[Backbone, TaskSpec]) -> None:
-    backbone, spec = probe_case
-    probe = backbone.for_task(spec)
-    everything = probe.exit_probabilities(SENTIMENT_TEXTS)
-    exits = [(3 * i) % (backbone.num_layers + 1) for i in range(len(SENTIMENT_TEXTS))]
-    with layer_calls(backbone) as counts:
-        mixed = probe.predict_rows(probe.tokenize(SENTIMENT_TEXTS), exits)
-    np.testing.assert_allclose(mixed, everything[np.arange(len(exits)), exits], atol=1e-5)
-    deepest = max(exits)
-    assert counts == [1] * deepest + [0] * (backbone.num_layers - deepest)  # one pass, to the deepest
-    with pytest.raises(ValueError, match="exits: 1 given for 2 prompts"):
-        probe.predict_rows(probe.tokenize(SENTIMENT_TEXTS[:2]), [0])
-    with pytest.raises(ValueError, match="exit_layer"):
-        probe.predict_rows(probe.tokenize(SENTIMENT_TEXTS[:2]), [0, backbone.num_layers + 1])
-
-
 def test_real_backbone_exits_disagree(gemma: Backbone, cloze_spec: TaskSpec) -> None:
     # What RAEE relies on: intermediate exits of a real model predict differently from the last.
     probabilities = gemma.for_task(cloze_spec).exit_probabilities(SENTIMENT_TEXTS)

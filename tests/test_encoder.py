@@ -15,7 +15,8 @@ import grpc
 import numpy as np
 import pytest
 
-from raee.encoder import ONNX_TOLERANCE, RUN_COST_TOKENS, QueryEncoder, length_runs
+from raee.batching import length_runs
+from raee.encoder import ONNX_TOLERANCE, RUN_COST_TOKENS, QueryEncoder
 from raee.encoder_onnx import export_folder
 from raee.errors import EncoderLoadError, EncoderMismatchError
 from raee.serving.errors import status_of
