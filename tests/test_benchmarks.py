@@ -107,3 +107,14 @@ def test_fixed_costs_compares_before_and_after(served_home: Path, tmp_path: Path
         medians["predict_ms"]["after"] / medians["predict_ms"]["before"]
     )
     assert set(report["overlap"]["batch1_p50_ms"]) == {"off", "on"}
+
+
+def test_forward_passes_fits_the_cost_of_rows_and_depth(tmp_path: Path) -> None:
+    report = run_benchmark("forward_passes", "--repeats", "1", out=tmp_path / "p.json")
+    assert len(report["p50_ms"]) == 25  # rows 1, 2, 4, 8, 16 × depths 0, 2, 6, 12, 18
+    fit = report["fit_ms"]
+    assert fit["row_layer"] > 0  # every row through every layer costs time
+    assert report["layer_cost_in_rows"] == pytest.approx(fit["layer"] / fit["row_layer"], abs=0.01)
+    assert set(report["per_row_ms_at_full_depth"]) == {"1", "2", "4", "8", "16"}
+    # A deeper pass over the same rows takes longer than the embedding alone.
+    assert report["p50_ms"]["16x18"] > report["p50_ms"]["16x0"]
