@@ -108,6 +108,24 @@ def test_the_measured_rows_are_their_benchmark_files() -> None:
         round(load["p99_ms"]),
         0,
     ]
+    overhead = result("retrieval_overhead.json")["by_batch_size"]
+    one, sixteen = overhead["1"], overhead["16"]
+    steps = one["p50_ms_per_query"]
+    shown = numbers(
+        rows["Retrieval overhead in process, one query at a time (SST-2 cloze task, 320 test texts)"][0]
+    )
+    assert shown == [
+        round(steps["encode"], 1),
+        round(steps["search"], 1),
+        round(steps["aggregate"] + steps["resolve"], 1),
+        round(one["retrieval_ms_per_query"], 1),
+        round(steps["full_forward"], 1),
+        round(one["overhead"], 2),
+        16,
+        round(sixteen["retrieval_ms_per_query"], 1),
+        round(sixteen["p50_ms_per_query"]["full_forward"], 1),
+        round(sixteen["overhead"], 2),
+    ]
     latency = result("grpc_latency.json")
     shown = numbers(rows["Batch-1 latency over gRPC, 300 SST-2 test texts, RAEE vs FULL"][0])
     p50, p95 = latency["batch1_p50_ms"], latency["batch1_p95_ms"]
