@@ -4,9 +4,10 @@ Embeddings are L2-normalised, so the store's cosine similarity ``s`` and the
 squared Euclidean distance of the authors' faiss index agree: ``d = 2 - 2 s``.
 
 Two runtimes compute them: ``onnx`` (the default) runs a cached ONNX export of
-the same weights with ONNX Runtime (:mod:`raee.encoder_onnx`), about a quarter of
-the time; ``torch`` runs sentence-transformers itself, the reference. Their
-vectors agree within ``ONNX_TOLERANCE`` (tests/test_encoder.py), so both report
+the same weights with ONNX Runtime (:mod:`raee.encoder_onnx`), about half the
+time at batch 1 on a quiet 2-core machine (benchmarks/encoder_runtime.py);
+``torch`` runs sentence-transformers itself, the reference. Their vectors agree
+within ``ONNX_TOLERANCE`` (tests/test_encoder.py), so both report
 the same ``id`` and stores ingested with either serve queries from the other.
 """
 

@@ -22,13 +22,13 @@ from raee_cli.demo import DEMO_DIR
 from raee_cli.pair import ServicePair, start_pair
 
 
-# The demo's test sentences, as shipped.
 def requests_counted(method: str, code: str) -> int:
     """Calls of ``method`` that ended with ``code``, by the services' request metric (this process)."""
     value = REGISTRY.get_sample_value("raee_grpc_request_seconds_count", {"method": method, "code": code})
     return int(value or 0)
 
 
+# The demo's test sentences, as shipped.
 DEMO_TEST_TEXTS = [json.loads(line)["text"] for line in (DEMO_DIR / "test.jsonl").read_text().splitlines()]
 
 SENTIMENT_TEXTS = [
