@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,21 @@ async def test_one_classify_is_one_trace_across_both_services(
         assert len({s.context.trace_id for s in exporter.get_finished_spans()}) == 1  # nothing else traced
     finally:
         await pair.stop()
+
+
+def test_no_interceptors_while_tracing_is_off() -> None:
+    """Without a tracer provider the gRPC interceptors would only cost time; none are installed.
+
+    A fresh interpreter: this process may already hold the provider of the test above.
+    """
+    check = (
+        "from raee.serving import tracing\n"
+        "assert not tracing.enabled()\n"
+        "assert tracing.server_interceptors() == [] and tracing.client_interceptors() == []\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "trace.set_tracer_provider(TracerProvider())\n"
+        "assert tracing.enabled()\n"
+        "assert len(tracing.server_interceptors()) == 1 and tracing.client_interceptors()\n"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=120)
