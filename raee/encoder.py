@@ -40,7 +40,10 @@ class QueryEncoder:
         *,
         batch_size: int = 64,
         runtime: EncoderRuntime = DEFAULT_ENCODER_RUNTIME,
+        spin: bool = False,
     ) -> None:
+        """``spin`` (ONNX runtime only): spin-wait between operators, for a process that has
+        the cores to itself (the retrieval service alone); see :func:`encoder_onnx.session`."""
         path, self.name = _resolve(source)
         model = SentenceTransformer(str(path), device="cpu", local_files_only=Path(path).exists())
         model.eval()
@@ -69,7 +72,8 @@ class QueryEncoder:
         self.model = None  # the torch weights are only needed to export; let them go
         self.onnx_path = encoder_onnx.cached_export(model, self.name, fingerprint)
         # Bound once here: onnxruntime is imported only for this runtime, and not per call.
-        self._run_onnx = functools.partial(encoder_onnx.run, encoder_onnx.session(self.onnx_path))
+        self.onnx_session = encoder_onnx.session(self.onnx_path, spin=spin)
+        self._run_onnx = functools.partial(encoder_onnx.run, self.onnx_session)
         self._onnx_inputs = encoder_onnx.INPUTS
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

@@ -147,8 +147,15 @@ def _readable_by_all(folder: Path) -> None:
         path.chmod(0o644)
 
 
-def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with every graph optimisation and torch's thread count by default."""
+def session(path: Path, threads: int | None = None, *, spin: bool = False) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with every graph optimisation and torch's thread count by default.
+
+    ``spin``: the pool's threads spin-wait between the operators of a run and stop when
+    it returns. One query then takes about 0.7 of the time (the threads need not be woken
+    operator by operator), but only in a process where nothing else wants the cores:
+    right after a torch forward pass, torch's own idle threads and these spin against
+    each other and both slow down (``benchmarks/encoder_runtime.py``, ``spinning``).
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Small graphs gain nothing from inter-op parallelism. Intra-op threads: as many as torch
@@ -157,9 +164,10 @@ def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Idle pool threads would otherwise spin-wait after each run, taking the cores that the
-    # store search, gRPC and (in one process) torch need next.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Never spin once a run is over: idle pool threads would take the cores that the store
+    # search, gRPC and (in one process) torch need next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -52,7 +52,9 @@ async def start(settings: RetrievalSettings, *, encoder: QueryEncoder | None = N
     logger.info("retrieval service listening on port %d; loading models", running.port)
     store = open_store_from(settings)
     if encoder is None:
-        encoder = await asyncio.to_thread(QueryEncoder, settings.encoder, runtime=settings.encoder_runtime)
+        encoder = await asyncio.to_thread(
+            QueryEncoder, settings.encoder, runtime=settings.encoder_runtime, spin=settings.encoder_spin
+        )
     servicer.engine = RetrievalEngine(store, encoder)
     started = time.perf_counter()
     await asyncio.to_thread(encoder.encode, ["warm-up: one encoder pass before SERVING"])

@@ -176,3 +176,30 @@ def test_the_runtime_is_a_setting_and_a_flag(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("RAEE_ENCODER_RUNTIME", "tensorrt")
     with pytest.raises(SettingsError, match=r"RAEE_ENCODER_RUNTIME"):
         load(ModelSettings)
+
+
+def spin_setting(encoder: QueryEncoder) -> str:
+    return str(
+        encoder.onnx_session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    )
+
+
+async def test_the_retrieval_service_alone_spins_its_encoder_and_the_vectors_do_not_change(
+    encoder: QueryEncoder, texts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raee.settings import RetrievalSettings, load
+    from retrieval_service import server as retrieval_server
+
+    assert spin_setting(encoder) == "0"  # the shared encoder of `raee up`, the eval and ingest
+    settings = RetrievalSettings(home=tmp_path, port=0, metrics_port=0)
+    assert settings.encoder_spin
+    server = await retrieval_server.start(settings)
+    try:
+        assert server.servicer.engine is not None
+        spinning = server.servicer.engine.encoder
+        assert spin_setting(spinning) == "1"
+        np.testing.assert_array_equal(spinning.encode(texts[:40]), encoder.encode(texts[:40]))
+    finally:
+        await server.stop(0)
+    monkeypatch.setenv("RAEE_ENCODER_SPIN", "false")
+    assert not load(RetrievalSettings).encoder_spin
