@@ -29,6 +29,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     evaluate.add_argument("--train-limit", type=int, default=None, help="a seeded sample of N train rows")
     evaluate.add_argument("--tau-sample", type=int, default=500, help="train rows to choose tau on (500)")
     evaluate.add_argument("--latency-sample", type=int, default=50, help="texts timed one by one (50)")
+    evaluate.add_argument(
+        "--retrieval-process",
+        action="store_true",
+        help="run the retrieval service as its own process, as deployed (default: both in this one)",
+    )
     evaluate.add_argument("--out", type=Path, default=Path("docs/results"))
     add_store_flags(evaluate, url=False)
     add_model_flags(evaluate)
@@ -57,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             train_limit=args.train_limit,
             tau_sample=args.tau_sample,
             latency_sample=args.latency_sample,
+            retrieval_process=args.retrieval_process,
         )
     )
     print(markdown(summary))

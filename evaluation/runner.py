@@ -45,7 +45,7 @@ from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2, inference_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
 from raee.wire.inference import classify_request
 from raee.wire.retrieval import neighbour_from_message
-from raee_cli.pair import start_pair
+from raee_cli.pair import RunningPair, start_pair, start_process_pair
 
 SPECS_DIR = Path(str(files("evaluation") / "tasks"))  # package data: found installed too
 CHUNK = 64
@@ -428,25 +428,27 @@ async def run_eval(
     train_limit: int | None,
     tau_sample: int,
     latency_sample: int,
+    retrieval_process: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate every task through one pair of services on the embedded store; write the reports."""
+    """Evaluate every task through one pair of services on the embedded store; write the reports.
+
+    Both services run in this process, or with ``retrieval_process`` the retrieval
+    service runs as its own process, as it is deployed.
+    """
     backbone = Backbone.load(backbone_source)
     encoder = QueryEncoder(encoder_source)
     store = open_store(home=home)
-    pair = await start_pair(
-        RetrievalSettings(port=0, metrics_port=0, home=home),
-        # An offline run with a private pair: a long grace period, so that the worker's
-        # drain-bound admission never sheds a chunk on a slow machine.
-        InferenceSettings(
-            port=0,
-            metrics_port=0,
-            http_port=-1,
-            grace_s=600.0,
-            retrieval_timeout_ms=EVAL_RETRIEVAL_TIMEOUT_MS,
-        ),
-        backbone=backbone,
-        encoder=encoder,
+    retrieval_config = RetrievalSettings(port=0, metrics_port=0, home=home, encoder=encoder_source)
+    # An offline run with a private pair: a long grace period, so that the worker's
+    # drain-bound admission never sheds a chunk on a slow machine.
+    inference_config = InferenceSettings(
+        port=0, metrics_port=0, http_port=-1, grace_s=600.0, retrieval_timeout_ms=EVAL_RETRIEVAL_TIMEOUT_MS
     )
+    pair: RunningPair
+    if retrieval_process:
+        pair = await start_process_pair(retrieval_config, inference_config, backbone=backbone)
+    else:
+        pair = await start_pair(retrieval_config, inference_config, backbone=backbone, encoder=encoder)
     families: dict[str, dict[str, Any]] = {}
     details: dict[str, dict[str, Any]] = {}
     try:

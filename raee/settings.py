@@ -14,6 +14,7 @@ and the Kubernetes contract check reads its known keys from :func:`env_keys`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
 
@@ -242,6 +243,20 @@ def env_name(field: FieldInfo) -> str:
 def env_keys() -> frozenset[str]:
     """Every environment variable any RAEE setting reads."""
     return frozenset(env_name(field) for kind in ALL_SETTINGS for field in kind.model_fields.values())
+
+
+def child_environment(settings: RaeeSettings) -> dict[str, str]:
+    """This process's environment with ``settings``' variables over it: a child process started
+    with it loads the same settings (secrets included, in clear)."""
+    variables = dict(os.environ)
+    for name, field in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None:
+            value = ""  # unset: empty variables are ignored, so the default applies
+        variables[env_name(field)] = str(value).lower() if isinstance(value, bool) else str(value)
+    return variables
 
 
 def is_secret(field: FieldInfo) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import grpc
@@ -12,10 +13,12 @@ from evaluation.methods import DEGENERATE, METHODS
 from evaluation.runner import DegradedAnswersError, classify_both
 from raee.backbone import Backbone
 from raee.encoder import QueryEncoder
+from raee.settings import InferenceSettings, RetrievalSettings
 from raee.tasks import TaskSpec
 from raee.v1 import inference_pb2_grpc
 from raee_cli.demo import DEMO_DIR
 from raee_cli.main import main
+from raee_cli.pair import start_process_pair
 from tests.conftest import DEMO_TEST_TEXTS, start_demo_pair
 
 
@@ -88,3 +91,40 @@ async def test_degraded_raee_answers_fail_the_eval(
                 await classify_both(stub, demo_spec.name, DEMO_TEST_TEXTS[:4])
     finally:
         await pair.inference.stop(0)
+
+
+async def test_the_retrieval_service_can_run_as_its_own_process(
+    served_home: Path, gemma: Backbone, encoder: QueryEncoder, demo_spec: TaskSpec, tmp_path: Path
+) -> None:
+    """`raee eval --retrieval-process`: the deployed split, with the same answers as one process."""
+    inference = InferenceSettings(port=0, metrics_port=0, http_port=-1)
+    split = await start_process_pair(
+        RetrievalSettings(port=0, metrics_port=0, home=served_home), inference, backbone=gemma
+    )
+    child = split.retrieval.process
+    try:
+        assert child.pid != os.getpid() and child.poll() is None
+        together = await start_demo_pair(served_home, gemma, encoder)
+        try:
+            answers = []
+            for started in (split, together):
+                async with grpc.aio.insecure_channel(started.inference_address) as channel:
+                    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+                    answers.append(await classify_both(stub, demo_spec.name, DEMO_TEST_TEXTS))
+            assert answers[0]["raee"].degraded == 0
+            assert answers[0]["raee"].labels == answers[1]["raee"].labels
+            assert answers[0]["raee"].exits == answers[1]["raee"].exits
+        finally:
+            await together.stop()
+    finally:
+        await split.stop()
+    assert child.returncode == 0  # SIGTERM: a graceful stop
+
+
+async def test_a_retrieval_process_that_cannot_start_says_why(gemma: Backbone, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-encoder"
+    settings = RetrievalSettings(port=0, metrics_port=0, home=tmp_path, encoder=str(missing))
+    with pytest.raises(RuntimeError, match="retrieval process exited with 1") as raised:
+        split = await start_process_pair(settings, InferenceSettings(port=0, metrics_port=0), backbone=gemma)
+        await split.stop(0)  # only if it started after all
+    assert "no-such-encoder" in str(raised.value)  # the child's own error, from its log
