@@ -12,7 +12,11 @@ a corpus of the other texts) both runtimes agree on::
 prints one JSON object (also written to ``--out`` when given). ``ratio`` is the
 ONNX median over the sentence-transformers median, per query. ``length_runs``
 compares the ONNX path's batching (texts in runs of similar length) with one run
-per batch padded to its longest text, at batch 16 and 64.
+per batch padded to its longest text, at batch 16 and 64. ``spinning`` compares
+ONNX Runtime's pool spin-waiting during a run (``spin``, what the retrieval
+service alone uses) with waking its threads operator by operator (``wake``): on
+their own, and right after torch work in the same process (a matrix product on
+torch's threads before each query, as when one process also runs the backbone).
 """
 
 from __future__ import annotations
@@ -64,6 +68,25 @@ def padded_to_the_longest(encoder: QueryEncoder) -> QueryEncoder:
     return padded
 
 
+def spinning(spin: QueryEncoder, wake: QueryEncoder, texts: list[str], torch_work: bool) -> dict[str, Any]:
+    """Batch-1 median of each, interleaved; with ``torch_work``, a torch matrix product (not timed)
+    runs before each query, so that torch's threads are idle-waiting when the encoder starts."""
+    a = torch.randn(1024, 1024)
+    times: dict[str, list[float]] = {"spin": [], "wake": []}
+    for text in texts:
+        for name, encoder in (("spin", spin), ("wake", wake)):
+            if torch_work:
+                torch.mm(a, a)
+            started = time.perf_counter()
+            encoder.encode([text])
+            times[name].append(1000 * (time.perf_counter() - started))
+    p50 = {name: float(np.median(values)) for name, values in times.items()}
+    return {
+        "p50_ms_per_query": {name: round(value, 3) for name, value in p50.items()},
+        "ratio": round(p50["spin"] / p50["wake"], 3),
+    }
+
+
 def identity(onnx: QueryEncoder, reference: QueryEncoder, texts: list[str], k: int) -> dict[str, Any]:
     got, want = onnx.encode(texts), reference.encode(texts)
     agreement = []
@@ -108,6 +131,11 @@ def main() -> None:
             str(size): speed({"runs": onnx.encode, "padded": padded_to_the_longest(onnx).encode}, texts, size)
             for size in (16, 64)
         },
+    }
+    spin = QueryEncoder(args.encoder, spin=True)
+    report["spinning"] = {
+        "alone": spinning(spin, onnx, texts, torch_work=False),
+        "after_torch_work": spinning(spin, onnx, texts, torch_work=True),
     }
     emit(report, args.out)
 
