@@ -7,15 +7,21 @@ themselves.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from evaluation.runner import classify_both
+from raee.tasks import TaskSpec
+from raee.v1 import inference_pb2_grpc
 from raee_cli.demo import DEMO_DIR
+from raee_cli.pair import ServicePair
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,3 +124,32 @@ def test_forward_passes_fits_the_cost_of_rows_and_depth(tmp_path: Path) -> None:
     assert set(report["per_row_ms_at_full_depth"]) == {"1", "2", "4", "8", "16"}
     # A deeper pass over the same rows takes longer than the embedding alone.
     assert report["p50_ms"]["16x18"] > report["p50_ms"]["16x0"]
+
+
+async def test_encoder_quantisation_rescoring_reproduces_the_services(
+    served_home: Path, pair: ServicePair, demo_spec: TaskSpec, tmp_path: Path
+) -> None:
+    """Its fp32 column is RAEE's score as the services answer; int8 moves some neighbours."""
+    report = await asyncio.to_thread(
+        run_benchmark,
+        "encoder_quantisation",
+        "--task-dir",
+        str(DEMO_DIR),
+        "--home",
+        str(served_home),
+        "--timing-texts",
+        "3",
+        out=tmp_path / "q.json",
+    )
+    (name, measured), *_ = report["pairs"].items()
+    assert name == f"custom/{demo_spec.name}"
+    tests = [json.loads(line) for line in (DEMO_DIR / "test.jsonl").read_text().splitlines() if line.strip()]
+    async with grpc.aio.insecure_channel(pair.inference_address) as channel:
+        answers = await classify_both(
+            inference_pb2_grpc.InferenceServiceStub(channel), demo_spec.name, [t["text"] for t in tests]
+        )
+    gold = [demo_spec.label_index(t["label"]) for t in tests]
+    assert measured["score"]["fp32"] == round(demo_spec.score(answers["raee"].labels, gold), 2)
+    assert measured["delta"] == pytest.approx(measured["score"]["int8"] - measured["score"]["fp32"], abs=0.011)
+    assert 0 < measured["neighbour_overlap"] < 1  # int8 changes some neighbours, not all
+    assert report["summary"]["largest_change"]["pair"] == name
