@@ -150,6 +150,7 @@ async def test_encoder_quantisation_rescoring_reproduces_the_services(
         )
     gold = [demo_spec.label_index(t["label"]) for t in tests]
     assert measured["score"]["fp32"] == round(demo_spec.score(answers["raee"].labels, gold), 2)
-    assert measured["delta"] == pytest.approx(measured["score"]["int8"] - measured["score"]["fp32"], abs=0.011)
+    scores = measured["score"]
+    assert measured["delta"] == pytest.approx(scores["int8"] - scores["fp32"], abs=0.011)
     assert 0 < measured["neighbour_overlap"] < 1  # int8 changes some neighbours, not all
     assert report["summary"]["largest_change"]["pair"] == name
