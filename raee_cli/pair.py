@@ -145,12 +145,8 @@ async def start_pair(
 ) -> ServicePair:
     """Start the retrieval service, then the worker pointed at it (port 0 picks free ports)."""
     retrieval = await retrieval_server.start(retrieval_config, encoder=encoder)
-    try:
-        inference = await _start_worker(retrieval.port, retrieval_config, inference_config, backbone)
-    except BaseException:
-        await retrieval.stop(0)
-        raise
-    return ServicePair(retrieval, inference)
+    worker = await _start_worker(retrieval, retrieval_config, inference_config, backbone)
+    return ServicePair(retrieval, worker)
 
 
 async def start_process_pair(
@@ -161,24 +157,25 @@ async def start_process_pair(
 ) -> ProcessPair:
     """:func:`start_pair` with the retrieval service in a child process, which loads its own encoder."""
     retrieval = await start_retrieval_process(retrieval_config)
-    try:
-        inference = await _start_worker(retrieval.port, retrieval_config, inference_config, backbone)
-    except BaseException:
-        await retrieval.stop(0)
-        raise
-    return ProcessPair(retrieval, inference)
+    worker = await _start_worker(retrieval, retrieval_config, inference_config, backbone)
+    return ProcessPair(retrieval, worker)
 
 
 async def _start_worker(
-    retrieval_port: int,
+    retrieval: _Running,
     retrieval_config: RetrievalSettings,
     inference_config: InferenceSettings,
     backbone: Backbone | None,
 ) -> inference_server.InferenceServer:
+    """The worker pointed at ``retrieval``, which is stopped if the worker cannot start."""
     token = (
         inference_config.retrieval_token.get_secret_value() or retrieval_config.auth_token.get_secret_value()
     )
     inference_config = inference_config.model_copy(
-        update={"retrieval_addr": f"localhost:{retrieval_port}", "retrieval_token": SecretStr(token)}
+        update={"retrieval_addr": f"localhost:{retrieval.port}", "retrieval_token": SecretStr(token)}
     )
-    return await inference_server.start(inference_config, backbone=backbone)
+    try:
+        return await inference_server.start(inference_config, backbone=backbone)
+    except BaseException:
+        await retrieval.stop(0)
+        raise
