@@ -151,7 +151,7 @@ def session(path: Path, threads: int | None = None, *, spin: bool = False) -> or
     """An ONNX Runtime CPU session with every graph optimisation and torch's thread count by default.
 
     ``spin``: the pool's threads spin-wait between the operators of a run and stop when
-    it returns. One query then takes about 0.7 of the time (the threads need not be woken
+    it returns. One query then takes about 0.8 of the time (the threads need not be woken
     operator by operator), but only in a process where nothing else wants the cores:
     right after a torch forward pass, torch's own idle threads and these spin against
     each other and both slow down (``benchmarks/encoder_runtime.py``, ``spinning``).

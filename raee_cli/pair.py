@@ -1,8 +1,8 @@
 """Both services on one machine: ``raee up``, the demo, the eval and end-to-end tests.
 
-Usually both run in this process. :func:`start_pair` can instead start the
+:func:`start_pair` runs both in this process. :func:`start_process_pair` starts the
 retrieval service as its own process (``raee serve retrieval``), as it is
-deployed: its encoder then has its cores to itself between the worker's calls.
+deployed: its encoder may then spin its threads during a run (``RAEE_ENCODER_SPIN``).
 """
 
 from __future__ import annotations
