@@ -8,6 +8,7 @@ deployed: its encoder may then spin its threads during a run (``RAEE_ENCODER_SPI
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from raee.settings import InferenceSettings, RetrievalSettings, child_environmen
 from retrieval_service import server as retrieval_server
 
 READY_TIMEOUT_S = 300.0  # the first start of a fresh cache exports the encoder
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass
@@ -55,7 +57,9 @@ async def start_retrieval_process(settings: RetrievalSettings) -> RetrievalProce
     environment = child_environment(settings.model_copy(update={"port": port}))
     log = tempfile.TemporaryFile()  # noqa: SIM115 - the child writes it until stop() closes it
     command = [sys.executable, "-m", "raee_cli.main", "serve", "retrieval"]
-    process = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, env=environment, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent
+    )
     child = RetrievalProcess(process, port, log)
     try:
         await _wait_serving(child)
@@ -82,6 +86,12 @@ async def _wait_serving(child: RetrievalProcess) -> None:
                 pass  # not listening yet
             await asyncio.sleep(0.2)
     raise TimeoutError(f"the retrieval process did not report SERVING within {READY_TIMEOUT_S:.0f} s")
+
+
+def _end_with_parent() -> None:
+    """In the child, before exec: SIGTERM when this process dies, however it dies (Linux)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:

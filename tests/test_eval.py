@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -128,3 +131,42 @@ async def test_a_retrieval_process_that_cannot_start_says_why(gemma: Backbone, t
         split = await start_process_pair(settings, InferenceSettings(port=0, metrics_port=0), backbone=gemma)
         await split.stop(0)  # only if it started after all
     assert "no-such-encoder" in str(raised.value)  # the child's own error, from its log
+
+
+def test_the_retrieval_process_ends_with_the_process_that_started_it(
+    served_home: Path, tmp_path: Path
+) -> None:
+    """Killed outright (no finally runs), the parent leaves no retrieval service behind."""
+    script = (
+        "import asyncio, os, sys, time\n"
+        "from raee.settings import RetrievalSettings\n"
+        "from raee_cli.pair import start_retrieval_process\n"
+        "async def main():\n"
+        f"    settings = RetrievalSettings(port=0, metrics_port=0, home={str(served_home)!r})\n"
+        "    child = await start_retrieval_process(settings)\n"
+        "    print(child.process.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)  # serving
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _alive(child):
+            time.sleep(0.2)
+        assert not _alive(child)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent (init) has not reaped it yet
