@@ -67,7 +67,7 @@ DATA ?= benchmarks/data
 results: $(STAMP)
 	$(BIN)/python benchmarks/ingest_and_query.py --data $(DATA)/sst2/train.jsonl --limit 2000 \
 		--out docs/results/ingest_and_query.json
-	$(BIN)/raee eval --data-root $(DATA) --train-limit 2000 --retrieval-process --out docs/results
+	$(BIN)/raee eval --data-root $(DATA) --train-limit 2000 --out docs/results
 
 # The container image (Dockerfile), built from a wheelhouse prepared here so that
 # the build itself needs no index. BASE_IMAGE: the Dockerfile's default (a registry
