@@ -23,6 +23,7 @@ pair. The pairs must be ingested in ``--home`` as ``make results`` leaves them
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import tempfile
 import time
@@ -86,18 +87,7 @@ def exits_of(
     top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
     exits = []
     for row, sims in zip(top, similarity, strict=True):
-        neighbours = [
-            Neighbour(
-                point_id=stored[j].point_id,
-                similarity=float(sims[j]),
-                example_id=stored[j].example_id,
-                text=stored[j].text,
-                label=stored[j].label,
-                label_index=stored[j].label_index,
-                exit=stored[j].exit,
-            )
-            for j in row
-        ]
+        neighbours = [dataclasses.replace(stored[j], similarity=float(sims[j])) for j in row]
         exits.append(choose_exit(neighbours, num_layers).exit_layer)
     return np.array(exits), top
 
