@@ -17,13 +17,18 @@ ONNX Runtime's pool spin-waiting during a run (``spin``, what the retrieval
 service alone uses) with waking its threads operator by operator (``wake``): on
 their own, and right after torch work in the same process (a matrix product on
 torch's threads before each query, as when one process also runs the backbone).
+``fusion`` compares the cached export (eager attention traced, then fused by ONNX
+Runtime's transformer optimiser) with the export before fusion (the transformer's
+default SDPA attention traced, unfused), at batch 1 and 16.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +38,7 @@ import numpy as np
 import torch
 from _common import emit
 
+from raee import encoder_onnx
 from raee.defaults import DEFAULT_ENCODER
 from raee.encoder import QueryEncoder
 
@@ -87,6 +93,16 @@ def spinning(spin: QueryEncoder, wake: QueryEncoder, texts: list[str], torch_wor
     }
 
 
+def unfused(encoder: QueryEncoder, reference: QueryEncoder, folder: Path) -> QueryEncoder:
+    """``encoder`` running the export before fusion: SDPA attention traced, no fused operators."""
+    assert reference.model is not None
+    path = folder / "unfused.onnx"
+    encoder_onnx.trace(reference.model, path, attention="sdpa")
+    plain = copy.copy(encoder)
+    plain._run_onnx = functools.partial(encoder_onnx.run, encoder_onnx.session(path))
+    return plain
+
+
 def identity(onnx: QueryEncoder, reference: QueryEncoder, texts: list[str], k: int) -> dict[str, Any]:
     got, want = onnx.encode(texts), reference.encode(texts)
     agreement = []
@@ -137,6 +153,15 @@ def main() -> None:
         "alone": spinning(spin, onnx, texts, torch_work=False),
         "after_torch_work": spinning(spin, onnx, texts, torch_work=True),
     }
+    with tempfile.TemporaryDirectory() as folder:
+        before = unfused(onnx, reference, Path(folder))
+        report["fusion"] = {
+            "identity": identity(onnx, before, texts, args.k),
+            **{
+                str(size): speed({"fused": onnx.encode, "unfused": before.encode}, texts, size)
+                for size in (1, 16)
+            },
+        }
     emit(report, args.out)
 
 

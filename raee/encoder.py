@@ -70,7 +70,7 @@ class QueryEncoder:
         from raee import encoder_onnx
 
         self.model = None  # the torch weights are only needed to export; let them go
-        self.onnx_path = encoder_onnx.cached_export(model, self.name, fingerprint)
+        self.onnx_path = encoder_onnx.cached_export(model, self.name, fingerprint, ONNX_TOLERANCE)
         # Bound once here: onnxruntime is imported only for this runtime, and not per call.
         self.onnx_session = encoder_onnx.session(self.onnx_path, spin=spin)
         self._run_onnx = functools.partial(encoder_onnx.run, self.onnx_session)

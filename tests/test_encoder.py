@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from raee.batching import length_runs
+from raee.defaults import DEFAULT_ENCODER
 from raee.encoder import ONNX_TOLERANCE, RUN_COST_TOKENS, QueryEncoder
 from raee.encoder_onnx import export_folder
 from raee.errors import EncoderLoadError, EncoderMismatchError
@@ -137,6 +138,40 @@ def test_the_export_is_cached_checked_and_rebuilt_when_damaged(
     assert rebuilt.onnx_path == path
     assert path.stat().st_mtime_ns != written  # the damage was detected and the export redone
     np.testing.assert_allclose(rebuilt.encode(probe), encoder.encode(probe), atol=ONNX_TOLERANCE)
+
+
+def op_types(path: Path) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+
+
+def test_the_cached_export_is_the_fused_graph(encoder: QueryEncoder) -> None:
+    ops = op_types(encoder.onnx_path)
+    assert {"Attention", "SkipLayerNormalization", "BiasGelu", "EmbedLayerNormalization"} <= ops
+    assert "Softmax" not in ops  # every layer's attention is one operator
+
+
+def test_a_fusion_beyond_the_tolerance_keeps_the_plain_graph(tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from raee import encoder_onnx
+    from raee.encoder import _resolve
+
+    model = SentenceTransformer(str(_resolve(DEFAULT_ENCODER)[0]), device="cpu", local_files_only=True)
+    plain = tmp_path / "plain.onnx"
+    encoder_onnx.trace(model, plain)
+    assert "Attention" not in op_types(plain)
+    assert model[0].auto_model.config._attn_implementation != "eager"  # the export restores it
+
+    strict, loose = tmp_path / "strict.onnx", tmp_path / "loose.onnx"
+    strict.write_bytes(plain.read_bytes())
+    loose.write_bytes(plain.read_bytes())
+    encoder_onnx._fuse_if_exact(model, strict, tolerance=0.0)  # no graph is that exact (measured 2.6e-7)
+    assert strict.read_bytes() == plain.read_bytes()
+    encoder_onnx._fuse_if_exact(model, loose, tolerance=ONNX_TOLERANCE)
+    assert "Attention" in op_types(loose)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loose.onnx", "plain.onnx", "strict.onnx"]
 
 
 def test_a_task_of_another_encoder_is_failed_precondition_naming_the_reingest(encoder: QueryEncoder) -> None:
