@@ -13,8 +13,8 @@ The export traces the transformer's eager attention, whose pattern ONNX Runtime'
 transformer optimiser recognises: it fuses each layer's attention, the bias+GELU
 and the residual+LayerNorm pairs into single operators (about 690 nodes become 62).
 That takes out most of the synchronisation between the intra-op threads, which is
-what a batch-1 query on two cores mostly waits on: about 0.88 of the time per query
-(``benchmarks/encoder_runtime.py``, ``fusion``). The fused graph is kept only if it
+what a short query on two cores mostly waits on: 0.90 of the time at batch 1, 0.94 at
+16 (``benchmarks/encoder_runtime.py``, ``fusion``). The fused graph is kept only if it
 agrees with the torch model within the caller's tolerance on a probe batch;
 otherwise (an architecture whose pattern fuses wrongly) the plain graph is kept.
 """
