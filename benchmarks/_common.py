@@ -7,12 +7,17 @@ folder on ``sys.path``; they import this module as ``_common``.
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raee.data import Example, read_examples
 from raee.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from raee.encoder import QueryEncoder
 
 
 def task_parser(doc: str | None, task: str = "sst2", data: Path | None = None) -> argparse.ArgumentParser:
@@ -54,3 +59,16 @@ def emit(report: dict[str, Any], out: Path | None) -> None:
     print(text)
     if out:
         out.write_text(text + "\n")
+
+
+def encoder_running(encoder: QueryEncoder, graph: Path) -> QueryEncoder:
+    """A copy of ``encoder`` that runs ``graph`` instead of its own export.
+
+    Tokenising and the runs of similar length stay the encoder's own, so two graphs
+    compared this way differ only in the graph.
+    """
+    from raee import encoder_onnx
+
+    other = copy.copy(encoder)
+    other._run_onnx = functools.partial(encoder_onnx.run, encoder_onnx.session(graph))
+    return other

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import emit, read_valid
+from _common import emit, encoder_running, read_valid
 
 from evaluation.runner import EvalTask, benchmark_tasks, folder_task
 from raee import encoder_onnx
@@ -57,20 +56,6 @@ def int8_copy(reference: QueryEncoder, folder: Path) -> Path:
     encoder_onnx.trace(reference.model, fp32, attention="sdpa")
     quantize_dynamic(str(fp32), str(target), weight_type=QuantType.QInt8, per_channel=True)
     return target
-
-
-def encoder_running(encoder: QueryEncoder, model: Path) -> Encode:
-    """``encoder``'s tokenising and batching, with ``model`` as the graph it runs."""
-    run = functools.partial(encoder_onnx.run, encoder_onnx.session(model))
-
-    def encode(texts: Sequence[str]) -> np.ndarray:
-        saved, encoder._run_onnx = encoder._run_onnx, run
-        try:
-            return encoder.encode(texts)
-        finally:
-            encoder._run_onnx = saved
-
-    return encode
 
 
 def stored_examples(store: ExitStore, task: str, dim: int) -> list[Neighbour]:
@@ -174,9 +159,9 @@ def main() -> None:
     store = open_store(home=args.home)
     pairs: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
-        ways = {
-            "fp32": encoder_running(encoder, encoder.onnx_path),
-            "int8": encoder_running(encoder, int8_copy(QueryEncoder(runtime="torch"), Path(folder))),
+        ways: dict[str, Encode] = {
+            "fp32": encoder.encode,
+            "int8": encoder_running(encoder, int8_copy(QueryEncoder(runtime="torch"), Path(folder))).encode,
         }
         tasks = [folder_task(folder) for folder in args.task_dir] or benchmark_tasks(
             args.data_root, args.families, args.tasks

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import emit
+from _common import emit, encoder_running
 
 from raee import encoder_onnx
 from raee.defaults import DEFAULT_ENCODER
@@ -98,9 +97,7 @@ def unfused(encoder: QueryEncoder, reference: QueryEncoder, folder: Path) -> Que
     assert reference.model is not None
     path = folder / "unfused.onnx"
     encoder_onnx.trace(reference.model, path, attention="sdpa")
-    plain = copy.copy(encoder)
-    plain._run_onnx = functools.partial(encoder_onnx.run, encoder_onnx.session(path))
-    return plain
+    return encoder_running(encoder, path)
 
 
 def identity(onnx: QueryEncoder, reference: QueryEncoder, texts: list[str], k: int) -> dict[str, Any]:
