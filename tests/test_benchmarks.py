@@ -126,6 +126,35 @@ def test_forward_passes_fits_the_cost_of_rows_and_depth(tmp_path: Path) -> None:
     assert report["p50_ms"]["16x18"] > report["p50_ms"]["16x0"]
 
 
+def test_compute_floor_counts_the_encoders_work_and_bounds_its_time(
+    served_home: Path, tmp_path: Path
+) -> None:
+    args = ("--task", "demo-sentiment", "--data", str(DEMO_DIR / "test.jsonl"), "--home", str(served_home))
+    report = run_benchmark(
+        "compute_floor", *args, "--limit", "5", "--gemm-repeats", "3", out=tmp_path / "f.json"
+    )
+    encoder = report["encoder"]
+    # MiniLM-L6 (hidden 384, feed-forward 1536): each token meets four 384-square weights
+    # and the two feed-forward ones in each of 6 layers; attention adds under 3 % at this length.
+    tokens = encoder["tokens_p50"]
+    weights_only = 2 * 6 * tokens * (4 * 384 * 384 + 2 * 384 * 1536)
+    assert weights_only <= encoder["flops_per_query_p50"] <= 1.03 * weights_only
+    # Gemma-3-270M does far more work per query than the encoder.
+    assert report["backbone"]["flops_per_query_p50"] > 5 * encoder["flops_per_query_p50"]
+    for model in (encoder, report["backbone"]):
+        assert model["achieved_gflops"] == pytest.approx(model["share_of_peak"] * report["gemm_peak_gflops"])
+    # Each floor is the encoder's FLOPs at that rate, over the measured full forward.
+    flops = encoder["flops_per_query_p50"]
+    assert report["encode_ms_at_peak"] == pytest.approx(flops / report["gemm_peak_gflops"] / 1e6)
+    assert report["encode_ms_at_shape_peak"] == pytest.approx(flops / report["shape_peak_gflops"] / 1e6)
+    full = report["backbone"]["p50_ms"]
+    assert report["retrieval_overhead_floor"] == pytest.approx(report["encode_ms_at_peak"] / full)
+    assert report["retrieval_overhead_floor_at_shape_peak"] == pytest.approx(
+        report["encode_ms_at_shape_peak"] / full
+    )
+    assert report["encode_over_full_forward_measured"] == pytest.approx(encoder["p50_ms"] / full)
+
+
 async def test_encoder_quantisation_rescoring_reproduces_the_services(
     served_home: Path, pair: ServicePair, demo_spec: TaskSpec, tmp_path: Path
 ) -> None:

@@ -126,6 +126,21 @@ def test_the_measured_rows_are_their_benchmark_files() -> None:
         round(sixteen["p50_ms_per_query"]["full_forward"], 1),
         round(sixteen["overhead"], 2),
     ]
+    floor = result("compute_floor.json")
+    encoder = floor["encoder"]
+    shown = numbers(
+        rows["The query encoder's arithmetic floor (128 SST-2 cloze prompt keys, 24 tokens p50)"][0]
+    )
+    assert shown == [
+        round(encoder["flops_per_query_p50"] / 1e9, 2),
+        round(encoder["achieved_gflops"], 1),
+        round(encoder["share_of_peak"], 2),
+        round(floor["gemm_peak_gflops"]),
+        round(floor["shape_peak_gflops"]),
+        round(floor["retrieval_overhead_floor_at_shape_peak"], 3),
+        round(floor["retrieval_overhead_floor"], 3),
+    ]
+    assert (floor["queries"], encoder["tokens_p50"]) == (128, 24)
     latency = result("grpc_latency.json")
     shown = numbers(rows["Batch-1 latency over gRPC, 300 SST-2 test texts, RAEE vs FULL"][0])
     p50, p95 = latency["batch1_p50_ms"], latency["batch1_p95_ms"]
