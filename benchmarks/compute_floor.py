@@ -51,16 +51,21 @@ from raee.store import open_store
 GEMM_SIZE = 1024
 
 
-def gemm_peak_gflops(repeats: int) -> float:
-    """The best rate of a ``GEMM_SIZE``-square fp32 matrix multiply, in GFLOP/s."""
-    a, b = torch.randn(GEMM_SIZE, GEMM_SIZE), torch.randn(GEMM_SIZE, GEMM_SIZE)
-    torch.mm(a, b)  # warm-up
+def best_mm_seconds(rows: int, inner: int, columns: int, repeats: int) -> float:
+    """The shortest of ``repeats`` fp32 ``(rows, inner) @ (inner, columns)`` products, after a warm-up."""
+    a, b = torch.randn(rows, inner), torch.randn(inner, columns)
+    torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - started)
-    return 2 * GEMM_SIZE**3 / best / 1e9
+    return best
+
+
+def gemm_peak_gflops(repeats: int) -> float:
+    """The best rate of a ``GEMM_SIZE``-square fp32 matrix multiply, in GFLOP/s."""
+    return 2 * GEMM_SIZE**3 / best_mm_seconds(GEMM_SIZE, GEMM_SIZE, GEMM_SIZE, repeats) / 1e9
 
 
 def shape_peak_gflops(tokens: int, hidden: int, intermediate: int, repeats: int) -> float:
@@ -72,17 +77,8 @@ def shape_peak_gflops(tokens: int, hidden: int, intermediate: int, repeats: int)
     a large square one, so this is the realistic ceiling of a query's rate.
     """
     shapes = [(hidden, hidden)] * 4 + [(hidden, intermediate), (intermediate, hidden)]
-    flops, seconds = 0, 0.0
-    for k, n in shapes:
-        a, b = torch.randn(tokens, k), torch.randn(k, n)
-        torch.mm(a, b)  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - started)
-        flops += 2 * tokens * k * n
-        seconds += best
+    flops = sum(2 * tokens * inner * columns for inner, columns in shapes)
+    seconds = sum(best_mm_seconds(tokens, inner, columns, repeats) for inner, columns in shapes)
     return flops / seconds / 1e9
 
 
