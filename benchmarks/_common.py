@@ -10,6 +10,8 @@ import argparse
 import copy
 import functools
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +61,13 @@ def emit(report: dict[str, Any], out: Path | None) -> None:
     print(text)
     if out:
         out.write_text(text + "\n")
+
+
+def timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    """``call()``'s value and the milliseconds it took."""
+    started = time.perf_counter()
+    value = call()
+    return value, 1000 * (time.perf_counter() - started)
 
 
 def encoder_running(encoder: QueryEncoder, graph: Path) -> QueryEncoder:

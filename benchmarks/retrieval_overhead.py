@@ -21,13 +21,11 @@ sum of the steps' medians over the full forward's median, per query, at batch 1.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from _common import emit, read_valid, task_parser
+from _common import emit, read_valid, task_parser, timed
 
 from raee.backbone import Backbone
 from raee.defaults import DEFAULT_BACKBONE, DEFAULT_ENCODER
@@ -36,12 +34,6 @@ from raee.exit_rule import DEFAULT_K, choose_exit
 from raee.store import open_store
 
 STEPS = ("resolve", "encode", "search", "aggregate")
-
-
-def timed(call: Callable[[], Any]) -> tuple[Any, float]:
-    started = time.perf_counter()
-    value = call()
-    return value, 1000 * (time.perf_counter() - started)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -130,29 +130,22 @@ def test_compute_floor_counts_the_encoders_work_and_bounds_its_time(
     served_home: Path, tmp_path: Path
 ) -> None:
     args = ("--task", "demo-sentiment", "--data", str(DEMO_DIR / "test.jsonl"), "--home", str(served_home))
-    report = run_benchmark(
-        "compute_floor", *args, "--limit", "5", "--gemm-repeats", "3", out=tmp_path / "f.json"
-    )
-    encoder = report["encoder"]
-    # MiniLM-L6 (hidden 384, feed-forward 1536): each token meets four 384-square weights
-    # and the two feed-forward ones in each of 6 layers; attention adds under 3 % at this length.
-    tokens = encoder["tokens_p50"]
-    weights_only = 2 * 6 * tokens * (4 * 384 * 384 + 2 * 384 * 1536)
-    assert weights_only <= encoder["flops_per_query_p50"] <= 1.03 * weights_only
-    # Gemma-3-270M does far more work per query than the encoder.
-    assert report["backbone"]["flops_per_query_p50"] > 5 * encoder["flops_per_query_p50"]
-    for model in (encoder, report["backbone"]):
-        assert model["achieved_gflops"] == pytest.approx(model["share_of_peak"] * report["gemm_peak_gflops"])
-    # Each floor is the encoder's FLOPs at that rate, over the measured full forward.
-    flops = encoder["flops_per_query_p50"]
-    assert report["encode_ms_at_peak"] == pytest.approx(flops / report["gemm_peak_gflops"] / 1e6)
-    assert report["encode_ms_at_shape_peak"] == pytest.approx(flops / report["shape_peak_gflops"] / 1e6)
-    full = report["backbone"]["p50_ms"]
-    assert report["retrieval_overhead_floor"] == pytest.approx(report["encode_ms_at_peak"] / full)
-    assert report["retrieval_overhead_floor_at_shape_peak"] == pytest.approx(
-        report["encode_ms_at_shape_peak"] / full
-    )
-    assert report["encode_over_full_forward_measured"] == pytest.approx(encoder["p50_ms"] / full)
+    report = run_benchmark("compute_floor", *args, "--limit", "5", "--repeats", "3", out=tmp_path / "f.json")
+    encoder, backbone = report["encoder"], report["backbone"]
+    # MiniLM-L6 (hidden 384, feed-forward 1536, 6 layers): each token meets four 384-square
+    # weights and the two feed-forward ones in every layer. Those are what is counted (the
+    # CPU attention kernel has no FLOP formula); the pooler adds 2 * 384² a query.
+    weights_only = 2 * 6 * encoder["tokens_p50"] * (4 * 384 * 384 + 2 * 384 * 1536)
+    assert weights_only <= encoder["flops_per_query_p50"] <= 1.01 * weights_only
+    # Gemma-3-270M does far more arithmetic per query than the encoder.
+    assert backbone["flops_per_query_p50"] > 5 * encoder["flops_per_query_p50"]
+    for model in (encoder, backbone):  # GFLOP/s from FLOPs and milliseconds: units within reason
+        assert 1e-3 < model["share_of_peak"] < 10
+        assert 0.1 < model["gflops_at_p50"] < 10_000
+    # At a large product's rate, with nothing but its weight products to do, the encoder
+    # takes less than it does as served; so does its share of a full forward.
+    assert 0 < report["encode_ms_at_peak"] < encoder["p50_ms"]
+    assert 0 < report["encoder_floor"] < report["encoder_measured"] < 1
 
 
 async def test_encoder_quantisation_rescoring_reproduces_the_services(
