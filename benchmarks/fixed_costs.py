@@ -34,11 +34,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from types import ModuleType
 from typing import Any
 
 import numpy as np
-from _common import emit, read_valid, task_parser
+from _common import emit, read_valid, task_parser, timed
 
 from inference_service import batcher as batcher_module
 from inference_service import worker as worker_module
@@ -119,20 +120,14 @@ def in_process(
     variants: Variants, probe: TaskProbe, texts: list[str], exit_layer: int
 ) -> dict[str, dict[str, list[float]]]:
     """Tokenisation and the worker's ``_predict`` per text, variants alternating."""
-    tokenise = [_ms(probe.tokenize, [text]) for text in texts]
+    tokenise = [timed(partial(probe.tokenize, [text]))[1] for text in texts]
     predict: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for index, order in orders(len(texts)):
         text = texts[index]
         for variant in order:
             with variants.use(variant):
-                predict[variant].append(_ms(worker_module._predict, probe, [text], exit_layer))
+                predict[variant].append(timed(partial(worker_module._predict, probe, [text], exit_layer))[1])
     return {"tokenise_ms": {"after": tokenise}, "predict_ms": predict}
-
-
-def _ms(function: Callable[..., Any], *args: Any) -> float:
-    started = time.perf_counter()
-    function(*args)
-    return 1000 * (time.perf_counter() - started)
 
 
 def orders(count: int) -> Iterator[tuple[int, tuple[str, ...]]]:

@@ -28,8 +28,6 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -156,24 +154,19 @@ def trace(model: SentenceTransformer, path: Path, attention: str = "eager") -> N
     # (tests/test_encoder.py compares batches of every shape against sentence-transformers).
     previous = transformer.config._attn_implementation
     transformer.set_attn_implementation(attention)
-    with torch.inference_mode(), warnings.catch_warnings(), _restored_attention(transformer, previous):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            unit,
-            tuple(example[name] for name in INPUTS),
-            str(path),
-            input_names=list(INPUTS),
-            output_names=["embedding"],
-            dynamic_axes=dynamic,
-            opset_version=_OPSET,
-            dynamo=False,
-        )
-
-
-@contextmanager
-def _restored_attention(transformer: Any, previous: str) -> Iterator[None]:
     try:
-        yield
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                unit,
+                tuple(example[name] for name in INPUTS),
+                str(path),
+                input_names=list(INPUTS),
+                output_names=["embedding"],
+                dynamic_axes=dynamic,
+                opset_version=_OPSET,
+                dynamo=False,
+            )
     finally:
         transformer.set_attn_implementation(previous)
 
