@@ -260,6 +260,23 @@ class Batch1Timing:
         return {part: self.parts_ms[part] / self.parts_ms["full_forward"] for part in RETRIEVAL_PARTS}
 
 
+def call_order(ways: Sequence[str], rng: np.random.Generator) -> list[str]:
+    """One text's order of the timed ways: shuffled, with RAEE before its in-process twin.
+
+    A call's latency depends on what ran just before it: on two cores a RAEE call
+    right after a full forward pass took 2-4 ms longer than after a shallow call. In
+    a fixed order every way would always follow the same one (RAEE the in-process
+    full forward, its in-process twin a shallow call); a shuffle per text gives each
+    way every predecessor alike. The in-process run to RAEE's exit needs the exit the
+    RAEE call chose, so the two swap places when the shuffle puts the twin first.
+    """
+    order = [str(way) for way in rng.permutation(list(ways))]
+    raee, twin = order.index("raee"), order.index("in_process_raee_exit")
+    if twin < raee:
+        order[raee], order[twin] = order[twin], order[raee]
+    return order
+
+
 async def batch1_timing(
     inference: inference_pb2_grpc.InferenceServiceStub,
     retrieval: retrieval_pb2_grpc.RetrievalServiceStub,
@@ -268,6 +285,8 @@ async def batch1_timing(
     fixed_exits: dict[str, int],
 ) -> Batch1Timing:
     """Batch-1 latency per way of answering, the ways alternating request by request.
+
+    The ways run in a fresh seeded order for each text (:func:`call_order`).
 
     ``fixed_exits`` names methods served as a fixed exit (FIXED mode at that layer).
     Beside the gRPC calls, the same backbone runs in this process, without retrieval
@@ -289,11 +308,16 @@ async def batch1_timing(
     }
     latencies: dict[str, list[float]] = {name: [] for name in (*calls, *IN_PROCESS)}
     parts: dict[str, list[float]] = {name: [] for name in (*RETRIEVAL_PARTS, "full_forward")}
+    rng = np.random.default_rng(SPEED_SEED)
     for text in texts:
         raee_exit = probe.num_layers
-        for name, call in calls.items():
+        for name in call_order([*calls, *IN_PROCESS], rng):
             started = time.perf_counter()
-            reply = await call(text)
+            if name in IN_PROCESS:
+                probe.predict_at([text], raee_exit if name == "in_process_raee_exit" else probe.num_layers)
+                latencies[name].append(1000 * (time.perf_counter() - started))
+                continue
+            reply = await calls[name](text)
             latencies[name].append(1000 * (time.perf_counter() - started))
             if name == "raee":
                 check_not_degraded(task, "batch-1 raee", int(reply.degraded))
@@ -303,10 +327,6 @@ async def batch1_timing(
                     parts[part].append(getattr(reply.timing, f"{part}_ms"))
             elif name == "full":
                 parts["full_forward"].append(reply.forward_ms)
-        for name, layer in zip(IN_PROCESS, (raee_exit, probe.num_layers), strict=True):
-            started = time.perf_counter()
-            probe.predict_at([text], layer)
-            latencies[name].append(1000 * (time.perf_counter() - started))
     return Batch1Timing(
         p50_ms={name: float(np.percentile(values, 50)) for name, values in latencies.items()},
         parts_ms={name: float(np.percentile(values, 50)) for name, values in parts.items()},

@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from evaluation.methods import DEGENERATE, METHODS
-from evaluation.runner import DegradedAnswersError, classify_both
+from evaluation.runner import DegradedAnswersError, call_order, classify_both
 from raee.backbone import Backbone
 from raee.encoder import QueryEncoder
 from raee.settings import InferenceSettings, RetrievalSettings
@@ -77,6 +78,26 @@ def test_eval_writes_the_summary_table_and_plots(tmp_path: Path, capsys: pytest.
     assert main(args) == 0
     details = json.loads((out / "details.json").read_text())
     assert details["custom"]["demo-sentiment"]["reused_version"] is True
+
+
+def test_each_text_times_the_ways_in_a_new_order_with_raee_before_its_in_process_twin() -> None:
+    ways = ["raee", "full", "knn", "static", "oracle", "in_process_raee_exit", "in_process_full"]
+    rng = np.random.default_rng(29)
+    orders = [call_order(ways, rng) for _ in range(64)]
+    for order in orders:
+        assert sorted(order) == sorted(ways)
+        assert order.index("raee") < order.index("in_process_raee_exit")
+    assert len({tuple(order) for order in orders}) > 50
+
+    def predecessors(way: str) -> set[str | None]:
+        return {order[order.index(way) - 1] if order.index(way) else None for order in orders}
+
+    # No way always follows the same one (a fixed order put RAEE after a full forward every time).
+    assert predecessors("knn") == {*ways, None} - {"knn"}
+    assert predecessors("raee") == {*ways, None} - {"raee", "in_process_raee_exit"}
+    assert predecessors("full") == {*ways, None} - {"full"}
+    # Seeded: the eval times the same orders on every run.
+    assert call_order(ways, np.random.default_rng(29)) == orders[0]
 
 
 async def test_degraded_raee_answers_fail_the_eval(
