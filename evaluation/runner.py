@@ -265,13 +265,14 @@ def call_order(ways: Sequence[str], rng: np.random.Generator) -> list[str]:
 
     A call's latency depends on what ran just before it: on two cores a RAEE call
     right after a full forward pass took 2-4 ms longer than after a shallow call. In
-    a fixed order every way would always follow the same one (RAEE the in-process
-    full forward, its in-process twin a shallow call); a shuffle per text gives each
-    way every predecessor alike. The in-process run to RAEE's exit needs the exit the
-    RAEE call chose, so the two swap places when the shuffle puts the twin first.
+    a fixed order every way always follows the same one (it put RAEE's call after the
+    in-process full forward, its twin after a shallower fixed exit, and the
+    in-process full forward after the twin); a shuffle per text varies every way's
+    predecessor. The in-process run to RAEE's exit needs the exit the RAEE call
+    chose, so the two swap places when the shuffle puts the twin first.
     """
     order = [str(way) for way in rng.permutation(list(ways))]
-    raee, twin = order.index("raee"), order.index("in_process_raee_exit")
+    raee, twin = order.index("raee"), order.index(IN_PROCESS[0])
     if twin < raee:
         order[raee], order[twin] = order[twin], order[raee]
     return order
@@ -310,11 +311,14 @@ async def batch1_timing(
     parts: dict[str, list[float]] = {name: [] for name in (*RETRIEVAL_PARTS, "full_forward")}
     rng = np.random.default_rng(SPEED_SEED)
     for text in texts:
-        raee_exit = probe.num_layers
+        raee_exit: int | None = None  # set by the RAEE call, which call_order puts first
         for name in call_order([*calls, *IN_PROCESS], rng):
             started = time.perf_counter()
             if name in IN_PROCESS:
-                probe.predict_at([text], raee_exit if name == "in_process_raee_exit" else probe.num_layers)
+                layer = raee_exit if name == IN_PROCESS[0] else probe.num_layers
+                if layer is None:
+                    raise RuntimeError("call_order put the in-process twin before the RAEE call")
+                probe.predict_at([text], layer)
                 latencies[name].append(1000 * (time.perf_counter() - started))
                 continue
             reply = await calls[name](text)
