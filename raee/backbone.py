@@ -12,6 +12,7 @@ multiplied (``docs/method.md`` §1).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -282,12 +283,20 @@ def _padded(ids: Sequence[Sequence[int]], pad_id: int, *, left: bool) -> BatchEn
 
 @contextmanager
 def _hooks(layers: nn.ModuleList, exits: range, keep: Callable[[torch.Tensor, int], None]) -> Iterator[None]:
-    """Hook the modules that produce the wanted exits: layer 1's input is exit 0."""
+    """Hook the modules that produce the wanted exits: layer 1's input is exit 0.
+
+    Hooks belong to the shared layer modules, so a pass running in another thread
+    at the same time (a request served during the worker's warm-up) fires them too.
+    Each hook acts only in the thread that registered it: otherwise it would stop the
+    other pass at this pass's last exit and read that pass's states as its own.
+    """
+    owner = threading.get_ident()
     handles = []
     if 0 in exits:
 
         def before_first(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            keep(args[0] if args else kwargs["hidden_states"], 0)
+            if threading.get_ident() == owner:
+                keep(args[0] if args else kwargs["hidden_states"], 0)
 
         handles.append(layers[0].register_forward_pre_hook(before_first, with_kwargs=True))
     for exit_layer in exits:
@@ -295,7 +304,8 @@ def _hooks(layers: nn.ModuleList, exits: range, keep: Callable[[torch.Tensor, in
             continue
 
         def after(_module: nn.Module, _args: Any, output: Any, exit_layer: int = exit_layer) -> None:
-            keep(output[0] if isinstance(output, tuple) else output, exit_layer)
+            if threading.get_ident() == owner:
+                keep(output[0] if isinstance(output, tuple) else output, exit_layer)
 
         handles.append(layers[exit_layer - 1].register_forward_hook(after))
     try:

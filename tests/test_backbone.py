@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -102,6 +104,25 @@ def test_real_backbone_exits_disagree(gemma: Backbone, cloze_spec: TaskSpec) -> 
     predictions = probabilities.argmax(axis=-1)
     assert (predictions != predictions[:, -1:]).any()
     assert len({tuple(column) for column in predictions.T}) > 2
+
+
+def test_passes_in_two_threads_at_once_stop_at_their_own_exits(gemma: Backbone, cloze_spec: TaskSpec) -> None:
+    """A request the worker serves during its warm-up runs beside it, on the same layer modules."""
+    probe = gemma.for_task(cloze_spec)
+    texts = (SENTIMENT_TEXTS[:3], SENTIMENT_TEXTS[3:])
+    start = threading.Barrier(2)
+
+    def run(rows: list[str], exit_layer: int) -> np.ndarray:
+        start.wait()
+        return probe.predict_at(rows, exit_layer)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for exits in ((9, 9), (12, 6), (18, 3)):
+            expected = [probe.predict_at(rows, layer) for rows, layer in zip(texts, exits, strict=True)]
+            for _ in range(2):
+                passes = [pool.submit(run, rows, layer) for rows, layer in zip(texts, exits, strict=True)]
+                for done, wanted in zip(passes, expected, strict=True):
+                    np.testing.assert_allclose(done.result(), wanted, atol=1e-5)
 
 
 def test_bad_exit_layers_and_long_inputs_are_refused(gemma: Backbone, cloze_spec: TaskSpec) -> None:
