@@ -64,6 +64,16 @@ def load_at(commit: str, path: str, name: str) -> ModuleType:
     return module
 
 
+def _one_exit_per_call(predict: Callable[..., Any]) -> Callable[..., Any]:
+    """The base commit's ``_predict`` took one exit for its group; today's takes one per text."""
+
+    def call(probe: TaskProbe, texts: list[str], exits: list[int]) -> Any:
+        (exit_layer,) = set(exits)  # batch-1 calls only
+        return predict(probe, texts, exit_layer)
+
+    return call
+
+
 class Variants:
     """Swaps the base commit's batcher fill loop and ``_predict`` in and out."""
 
@@ -75,7 +85,7 @@ class Variants:
             "after": batcher_module.MicroBatcher._next_batch,
         }
         self.predict: dict[str, Callable[..., Any]] = {
-            "before": old_worker._predict,
+            "before": _one_exit_per_call(old_worker._predict),
             "after": worker_module._predict,
         }
 
@@ -126,7 +136,8 @@ def in_process(
         text = texts[index]
         for variant in order:
             with variants.use(variant):
-                predict[variant].append(timed(partial(worker_module._predict, probe, [text], exit_layer))[1])
+                call = partial(worker_module._predict, probe, [text], [exit_layer])
+                predict[variant].append(timed(call)[1])
     return {"tokenise_ms": {"after": tokenise}, "predict_ms": predict}
 
 

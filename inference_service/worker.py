@@ -1,4 +1,4 @@
-"""The inference worker: one retrieval call per micro-batch, one truncated forward pass per exit group.
+"""The inference worker: one retrieval call per micro-batch, one truncated forward pass per task.
 
 For a batch of requests the worker
 
@@ -12,8 +12,9 @@ For a batch of requests the worker
    accurate), or at full depth for a task without that record. After such a
    failure the worker does not ask retrieval again for ``retry_after_s``, so a
    slow retrieval service costs one timeout, not one per batch;
-3. groups requests by (task, exit layer) and runs the backbone once per group,
-   only up to that layer.
+3. groups requests by task and runs the backbone once per group, only up to
+   the group's deepest exit; each request's row leaves the pass at its own exit
+   (:meth:`TaskProbe.predict_rows`), so layers above it run for the others only.
 
 With ``overlap_retrieval`` (``RAEE_OVERLAP_RETRIEVAL``) the RAEE requests of a
 batch that asks about one task start their forward pass while step 2 is in
@@ -283,20 +284,21 @@ class InferenceWorker:
         plans: dict[int, _Plan],
         results: list[Outcome | BaseException | None],
     ) -> None:
-        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
-        for index, plan in plans.items():
-            groups[(items[index].task, plan.exit_layer)].append(index)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index in plans:
+            groups[items[index].task].append(index)
         BATCH_GROUPS.observe(len(groups))
         loop = asyncio.get_running_loop()
-        for (task_name, exit_layer), indices in groups.items():
+        for task_name, indices in groups.items():
             GROUP_SIZE.observe(len(indices))
             task = plans[indices[0]].task
             probe = self._probe(task_name, task)
             texts = [items[i].text for i in indices]
+            exits = [plans[i].exit_layer for i in indices]
             try:
-                with tracing.span("forward", task=task_name, exit_layer=exit_layer, size=len(indices)):
+                with tracing.span("forward", task=task_name, exit_layer=max(exits), size=len(indices)):
                     probabilities, forward_ms, too_long = await loop.run_in_executor(
-                        self._executor, _predict, probe, texts, exit_layer
+                        self._executor, _predict, probe, texts, exits
                     )
             except Exception as error:
                 for i in indices:
@@ -307,11 +309,11 @@ class InferenceWorker:
                     results[i] = too_long[position]
                     continue
                 mode = items[i].mode.name.lower()
-                EXIT_LAYER.labels("inference", mode).observe(exit_layer)
+                EXIT_LAYER.labels("inference", mode).observe(exits[position])
                 results[i] = _outcome(
                     task,
                     probabilities[position],
-                    exit_layer,
+                    exits[position],
                     self.backbone.num_layers,
                     plans[i],
                     forward_ms,
@@ -363,10 +365,8 @@ class InferenceWorker:
                 results[i] = run.too_long[position]
                 continue
             EXIT_LAYER.labels("inference", "raee").observe(exit_layer)
-            # As on the plain path: the requests of this batch with the same exit.
-            group = exits.count(exit_layer)
             results[i] = _outcome(
-                overlap.task, row, exit_layer, self.backbone.num_layers, plan, run.forward_ms, group
+                overlap.task, row, exit_layer, self.backbone.num_layers, plan, run.forward_ms, len(exits)
             )
 
     def _probe(self, name: str, task: _Task) -> TaskProbe:
@@ -406,9 +406,9 @@ def _tokenize_checked(
 
 
 def _predict(
-    probe: TaskProbe, texts: list[str], exit_layer: int
+    probe: TaskProbe, texts: list[str], exits: list[int]
 ) -> tuple[np.ndarray, float, dict[int, InvalidArgumentError]]:
-    """Run one group; texts over the token limit fail alone instead of failing the group.
+    """Run one group, text ``i`` to ``exits[i]``; texts over the token limit fail alone.
 
     Each prompt is tokenised once: the same ids give the limit check and the forward pass.
     """
@@ -417,7 +417,7 @@ def _predict(
     started = time.perf_counter()
     probabilities = np.zeros((len(texts), probe.spec.num_labels), dtype=np.float32)
     if keep:
-        probabilities[keep] = probe.predict_tokens([ids[i] for i in keep], exit_layer)
+        probabilities[keep] = probe.predict_rows([ids[i] for i in keep], [exits[i] for i in keep])
     return probabilities, 1000 * (time.perf_counter() - started), too_long
 
 

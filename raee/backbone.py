@@ -8,14 +8,20 @@ and they stop the forward pass by raising from the hook of the exit layer:
 layers above it never run, and neither does the full-vocabulary LM head. Only
 the prediction position is kept, and only the label words' rows of the head are
 multiplied (``docs/method.md`` §1).
+
+A batch whose rows have different exits runs as one pass that drops each row
+once it has passed its exit (:meth:`TaskProbe.predict_rows`), so every layer's
+weights are read once for all the rows that still need it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,6 +36,11 @@ from raee.model_loading import BackboneKind, load_model, load_tokenizer, resolve
 from raee.tasks import TaskSpec
 
 DEFAULT_MAX_TOKENS = 512
+
+logger = logging.getLogger(__name__)
+
+# Texts of different lengths for the row-dropping self-check (padding included).
+_CHECK_TEXTS = ("Early exits", "A much longer sentence, to pad the others", "Short again here")
 
 
 def backbone_tokenizer(source: str) -> PreTrainedTokenizerBase:
@@ -89,6 +100,81 @@ class Backbone:
                 tokenizer.pad_token = tokenizer.eos_token
         self.transform = _head_transform(model, kind)
         self.id = BackboneId(name=name, num_layers=self.num_layers, fingerprint=weights_fingerprint(model))
+        self._drops_rows: bool | None = None
+
+    @property
+    def drops_rows(self) -> bool:
+        """Whether one pass can drop rows at their exits and read the same states as per-exit passes.
+
+        Checked once, on first use. Dropping a row slices every per-row tensor the model
+        hands its layers (masks, rotary tables); a layout this does not cover is found
+        here, and such a backbone runs one pass per exit instead, with a warning.
+        """
+        if self._drops_rows is None:
+            self._drops_rows = self._check_row_dropping()
+        return self._drops_rows
+
+    @torch.inference_mode()
+    def _check_row_dropping(self) -> bool:
+        if self.num_layers < 2:
+            return False
+        pad_id = int(self.tokenizer.pad_token_id or 0)
+        left = self.tokenizer.padding_side == "left"
+        encoded = _padded(self.tokenizer(list(_CHECK_TEXTS))["input_ids"], pad_id, left=left)
+        positions = encoded["attention_mask"].sum(dim=1) - 1
+        exits = [1, self.num_layers, self.num_layers // 2]
+        try:
+            dropped = self.row_exit_states(encoded, positions, torch.tensor(exits))
+            expected = torch.stack(
+                [self.exit_states(encoded, positions, range(e, e + 1))[0][row] for row, e in enumerate(exits)]
+            )
+        except (RuntimeError, IndexError) as error:
+            logger.warning("%s: rows cannot leave a pass early (%s); one pass per exit", self.id, error)
+            return False
+        scale = max(float(expected.abs().max()), 1.0)
+        if not torch.allclose(dropped, expected, rtol=1e-4, atol=1e-5 * scale):
+            logger.warning("%s: dropping rows changed their states; one pass per exit", self.id)
+            return False
+        return True
+
+    def exit_states(
+        self, encoded: BatchEncoding, positions: torch.Tensor, exits: range
+    ) -> list[torch.Tensor]:
+        """States at ``positions`` (one row each) for each exit in ``exits``; stops after the last."""
+        rows = torch.arange(positions.shape[0])
+        captured: list[torch.Tensor] = []
+        last = exits[-1]
+
+        def keep(hidden: torch.Tensor, exit_layer: int) -> None:
+            if exit_layer in exits:
+                captured.append(hidden[rows, positions])
+            if exit_layer == last:
+                raise _StopForward
+
+        with _hooks(self.layers, exits, keep):
+            self._call(encoded)
+        if len(captured) != len(exits):  # pragma: no cover - would mean hooks did not fire
+            raise UnsupportedBackboneError("the model did not run through its layer modules")
+        return captured
+
+    def row_exit_states(
+        self, encoded: BatchEncoding, positions: torch.Tensor, exits: torch.Tensor
+    ) -> torch.Tensor:
+        """State ``(n, d)`` of row ``i`` at ``positions[i]`` after layer ``exits[i]``, in one pass.
+
+        Rows leave the batch after their exit: the layers above run only for the rows
+        that still need them.
+        """
+        dropping = _DroppingRows(exits, positions)
+        with dropping.hooked(self.layers):
+            self._call(encoded)
+        return dropping.result()
+
+    def _call(self, encoded: BatchEncoding) -> None:
+        """Run the model's body on ``encoded``; the hooks end it by raising :class:`_StopForward`."""
+        kwargs: dict[str, Any] = {"use_cache": False} if self.kind == "causal" else {}
+        with suppress(_StopForward):
+            self.model.base_model(**encoded, **kwargs)
 
     @classmethod
     def load(
@@ -170,7 +256,7 @@ class TaskProbe:
     def exit_probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """Label-word probabilities at every exit: shape ``(n, L + 1, C)``, one forward pass."""
         encoded, positions = self._encode(texts)
-        states = self._run(encoded, positions, exits=range(self.num_layers + 1))
+        states = self.backbone.exit_states(encoded, positions, range(self.num_layers + 1))
         return self._probabilities(torch.stack(states, dim=1)).numpy()
 
     @torch.inference_mode()
@@ -186,8 +272,35 @@ class TaskProbe:
         if not 0 <= exit_layer <= self.num_layers:
             raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
         encoded, positions = self._pad(ids)
-        (state,) = self._run(encoded, positions, exits=range(exit_layer, exit_layer + 1))
+        (state,) = self.backbone.exit_states(encoded, positions, range(exit_layer, exit_layer + 1))
         return self._probabilities(state).numpy()
+
+    @torch.inference_mode()
+    def predict_rows(self, ids: Sequence[Sequence[int]], exits: Sequence[int]) -> np.ndarray:
+        """:meth:`predict_tokens` with an exit per row, ``(n, C)``: one pass, rows leave at their exits."""
+        if len(exits) != len(ids):
+            raise ValueError(f"exits: {len(exits)} exits for {len(ids)} prompts")
+        for exit_layer in exits:
+            if not 0 <= exit_layer <= self.num_layers:
+                raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
+        distinct = sorted(set(exits))
+        if len(distinct) == 1:
+            return self.predict_tokens(ids, distinct[0])
+        if not self.backbone.drops_rows:
+            return self._predict_per_exit(ids, exits, distinct)
+        encoded, positions = self._pad(ids)
+        states = self.backbone.row_exit_states(encoded, positions, torch.tensor(list(exits)))
+        return self._probabilities(states).numpy()
+
+    def _predict_per_exit(
+        self, ids: Sequence[Sequence[int]], exits: Sequence[int], distinct: list[int]
+    ) -> np.ndarray:
+        """One pass per distinct exit, for a backbone that cannot drop rows."""
+        probabilities = np.zeros((len(ids), self.spec.num_labels), dtype=np.float32)
+        for exit_layer in distinct:
+            rows = [i for i, e in enumerate(exits) if e == exit_layer]
+            probabilities[rows] = self.predict_tokens([ids[i] for i in rows], exit_layer)
+        return probabilities
 
     @torch.inference_mode()
     def states_until(self, ids: Sequence[Sequence[int]], stop: Callable[[int], bool]) -> list[torch.Tensor]:
@@ -237,33 +350,12 @@ class TaskProbe:
             raise ValueError("template: each prompt must contain exactly one mask token")
         return encoded, is_mask.int().argmax(dim=1)
 
-    def _run(self, encoded: BatchEncoding, positions: torch.Tensor, exits: range) -> list[torch.Tensor]:
-        """Hidden states at ``positions`` for each exit in ``exits``; stops after the last one."""
-        rows = torch.arange(positions.shape[0])
-        captured: list[torch.Tensor] = []
-        last = exits[-1]
-
-        def keep(hidden: torch.Tensor, exit_layer: int) -> None:
-            if exit_layer in exits:
-                captured.append(hidden[rows, positions])
-            if exit_layer == last:
-                raise _StopForward
-
-        self._forward(encoded, exits, keep)
-        if len(captured) != len(exits):  # pragma: no cover - would mean hooks did not fire
-            raise UnsupportedBackboneError("the model did not run through its layer modules")
-        return captured
-
     def _forward(
         self, encoded: BatchEncoding, exits: range, keep: Callable[[torch.Tensor, int], None]
     ) -> None:
         """Run the model with ``keep`` hooked at ``exits``; ``keep`` ends the pass by raising."""
         with _hooks(self.backbone.layers, exits, keep):
-            try:
-                kwargs: dict[str, Any] = {"use_cache": False} if self.backbone.kind == "causal" else {}
-                self.backbone.model.base_model(**encoded, **kwargs)
-            except _StopForward:
-                pass
+            self.backbone._call(encoded)
 
     def _probabilities(self, states: torch.Tensor) -> torch.Tensor:
         logits = self.backbone.transform(states) @ self.head_weight.T
@@ -313,6 +405,99 @@ def _hooks(layers: nn.ModuleList, exits: range, keep: Callable[[torch.Tensor, in
     finally:
         for handle in handles:
             handle.remove()
+
+
+class _DroppingRows:
+    """Pre-hooks that read each row's state at its exit, then drop the row from the batch.
+
+    The model computes its per-row inputs of the layers once, for the whole batch
+    (attention masks, and rotary tables where they are per row), and hands the same
+    tensors to every layer. Once rows have left, each layer's pre-hook hands it those
+    tensors' rows for the rows still in the pass: every tensor argument with two or
+    more dimensions whose first is the batch size, also inside tuples.
+    :attr:`Backbone.drops_rows` checks this against per-exit passes.
+    """
+
+    def __init__(self, exits: torch.Tensor, positions: torch.Tensor) -> None:
+        self.exits = exits
+        self.positions = positions
+        self.batch = len(exits)
+        self.last = int(exits.max())
+        self.live = torch.arange(self.batch)  # rows of the original batch now in the pass
+        self.states: torch.Tensor | None = None
+        # id of a model tensor -> (that tensor, its live rows); holding it keeps its id unique
+        self._rows_of: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._read = 0
+
+    @contextmanager
+    def hooked(self, layers: nn.ModuleList) -> Iterator[None]:
+        owner = threading.get_ident()  # see _hooks: other threads' passes share these modules
+
+        def before(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], exit_layer: int) -> Any:
+            return self.before(args, kwargs, exit_layer) if threading.get_ident() == owner else None
+
+        def after(_module: nn.Module, _args: Any, output: Any) -> None:
+            if threading.get_ident() == owner:
+                self.read(output[0] if isinstance(output, tuple) else output, self.last)
+                raise _StopForward
+
+        # Layer i's input is exit i: its pre-hook reads and drops; the last layer's output needs a hook.
+        handles = [
+            layers[index].register_forward_pre_hook(partial(before, exit_layer=index), with_kwargs=True)
+            for index in range(min(self.last + 1, len(layers)))
+        ]
+        if self.last == len(layers):
+            handles.append(layers[-1].register_forward_hook(after))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def before(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], exit_layer: int
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """At the input of layer ``exit_layer + 1``: read rows exiting here, pass on the others."""
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self.read(hidden, exit_layer)
+        going_on = self.exits[self.live] > exit_layer
+        if not bool(going_on.any()):
+            raise _StopForward
+        if not bool(going_on.all()):
+            self.live = self.live[going_on]
+            self._rows_of.clear()
+            hidden = hidden[going_on]
+        if len(self.live) == self.batch:
+            return None
+        if args:
+            return (hidden, *(self._rows(a) for a in args[1:])), {k: self._rows(v) for k, v in kwargs.items()}
+        kwargs = {k: self._rows(v) for k, v in kwargs.items() if k != "hidden_states"}
+        return args, {**kwargs, "hidden_states": hidden}
+
+    def read(self, hidden: torch.Tensor, exit_layer: int) -> None:
+        here = self.exits[self.live] == exit_layer
+        if not bool(here.any()):
+            return
+        rows = self.live[here]
+        if self.states is None:
+            self.states = hidden.new_empty((self.batch, hidden.shape[-1]))
+        self.states[rows] = hidden[here][torch.arange(len(rows)), self.positions[rows]]
+        self._read += len(rows)
+
+    def result(self) -> torch.Tensor:
+        if self.states is None or self._read != self.batch:  # pragma: no cover - hooks did not fire
+            raise UnsupportedBackboneError("the model did not run through its layer modules")
+        return self.states
+
+    def _rows(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == self.batch:
+            cached = self._rows_of.get(id(value))
+            if cached is None or cached[0] is not value:
+                cached = self._rows_of[id(value)] = (value, value[self.live])
+            return cached[1]
+        if isinstance(value, tuple | list):
+            return type(value)(self._rows(v) for v in value)
+        return value
 
 
 def _find_layers(model: PreTrainedModel) -> nn.ModuleList:

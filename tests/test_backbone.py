@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
+from raee import backbone as backbone_module
 from raee.backbone import Backbone
 from raee.errors import InputTooLongError
 from raee.tasks import TaskSpec
@@ -98,6 +100,70 @@ def test_batched_equals_one_by_one(probe_case: tuple[Backbone, TaskSpec]) -> Non
     )
 
 
+@contextmanager
+def rows_per_layer(backbone: Backbone) -> Iterator[list[list[int]]]:
+    """The batch size each transformer layer ran with, call by call."""
+    rows: list[list[int]] = [[] for _ in backbone.layers]
+    handles = []
+    for index, layer in enumerate(backbone.layers):
+
+        def count(_module: object, _args: object, output: object, index: int = index) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            rows[index].append(int(hidden.shape[0]))  # type: ignore[attr-defined]
+
+        handles.append(layer.register_forward_hook(count))
+    try:
+        yield rows
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def mixed_exits(num_layers: int) -> list[int]:
+    """One exit per sentiment text: the embeddings, the top, and some between, one repeated."""
+    return [num_layers // 2, 0, num_layers, 1, num_layers // 2]
+
+
+def test_rows_leave_one_pass_at_their_own_exits(probe_case: tuple[Backbone, TaskSpec]) -> None:
+    backbone, spec = probe_case
+    probe = backbone.for_task(spec)
+    exits = mixed_exits(backbone.num_layers)
+    assert backbone.drops_rows
+    with rows_per_layer(backbone) as rows:
+        together = probe.predict_rows(probe.tokenize(SENTIMENT_TEXTS), exits)
+    # One pass; layer k runs only for the rows whose exit is k or deeper.
+    assert rows == [[sum(e > k for e in exits)] for k in range(backbone.num_layers)]
+    for text, exit_layer, answer in zip(SENTIMENT_TEXTS, exits, together, strict=True):
+        np.testing.assert_allclose(answer, probe.predict_at([text], exit_layer)[0], atol=1e-5)
+
+
+def test_a_layout_whose_rows_cannot_be_dropped_runs_one_pass_per_exit(
+    tiny_roberta: Backbone, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As if the model handed its layers a per-row tensor the pass does not know to slice."""
+    monkeypatch.setattr(backbone_module._DroppingRows, "_rows", lambda _self, value: value)
+    backbone = Backbone(tiny_roberta.model, tiny_roberta.tokenizer, name="tiny", kind="masked")
+    probe = backbone.for_task(MASKED_SPEC)
+    exits = mixed_exits(backbone.num_layers)
+    with caplog.at_level(logging.WARNING, logger="raee.backbone"):
+        assert not backbone.drops_rows
+    assert "one pass per exit" in caplog.text
+    with layer_calls(backbone) as counts:
+        answers = probe.predict_rows(probe.tokenize(SENTIMENT_TEXTS), exits)
+    assert counts[0] == len({e for e in exits if e > 0})  # a pass per distinct exit above 0
+    for text, exit_layer, answer in zip(SENTIMENT_TEXTS, exits, answers, strict=True):
+        np.testing.assert_allclose(answer, probe.predict_at([text], exit_layer)[0], atol=1e-5)
+
+
+def test_predict_rows_refuses_bad_exits(gemma: Backbone, cloze_spec: TaskSpec) -> None:
+    probe = gemma.for_task(cloze_spec)
+    ids = probe.tokenize(SENTIMENT_TEXTS[:2])
+    with pytest.raises(ValueError, match="exits: 1 exits for 2 prompts"):
+        probe.predict_rows(ids, [3])
+    with pytest.raises(ValueError, match=r"exit_layer: 19 is outside 0\.\.18"):
+        probe.predict_rows(ids, [3, 19])
+
+
 def test_real_backbone_exits_disagree(gemma: Backbone, cloze_spec: TaskSpec) -> None:
     # What RAEE relies on: intermediate exits of a real model predict differently from the last.
     probabilities = gemma.for_task(cloze_spec).exit_probabilities(SENTIMENT_TEXTS)
@@ -112,15 +178,20 @@ def test_passes_in_two_threads_at_once_stop_at_their_own_exits(gemma: Backbone, 
     texts = (SENTIMENT_TEXTS[:3], SENTIMENT_TEXTS[3:])
     start = threading.Barrier(2)
 
-    def run(rows: list[str], exit_layer: int) -> np.ndarray:
+    def run(rows: list[str], exits: list[int]) -> np.ndarray:
         start.wait()
-        return probe.predict_at(rows, exit_layer)
+        return probe.predict_rows(probe.tokenize(rows), exits)
 
+    def alone(rows: list[str], exits: list[int]) -> np.ndarray:
+        return np.stack([probe.predict_at([row], layer)[0] for row, layer in zip(rows, exits, strict=True)])
+
+    # Both passes at one exit each, then rows leaving one pass at different exits.
+    cases = [([a] * 3, [b] * 2) for a, b in ((9, 9), (12, 6), (18, 3))] + [([0, 18, 6], [12, 3])]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for exits in ((9, 9), (12, 6), (18, 3)):
-            expected = [probe.predict_at(rows, layer) for rows, layer in zip(texts, exits, strict=True)]
+        for exits in cases:
+            expected = [alone(rows, layers) for rows, layers in zip(texts, exits, strict=True)]
             for _ in range(2):
-                passes = [pool.submit(run, rows, layer) for rows, layer in zip(texts, exits, strict=True)]
+                passes = [pool.submit(run, rows, layers) for rows, layers in zip(texts, exits, strict=True)]
                 for done, wanted in zip(passes, expected, strict=True):
                     np.testing.assert_allclose(done.result(), wanted, atol=1e-5)
 

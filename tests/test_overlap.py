@@ -73,8 +73,12 @@ async def test_overlap_answers_as_the_plain_path(
         assert overlapped.exit_layer == plain.exit_layer
         assert overlapped.label == plain.label
         assert overlapped.degraded == plain.degraded
-        assert overlapped.batch_group_size == plain.batch_group_size
         np.testing.assert_allclose(overlapped.probabilities, plain.probabilities, atol=1e-4)
+    # Requests that shared a pass: the plain path runs each batch's items as one pass;
+    # with overlap the RAEE items share theirs and the item that rides along runs alone.
+    n = len(texts)
+    assert [o.batch_group_size for o in got[False]] == [n + 1] * (n + 1) + [2, 2]
+    assert [o.batch_group_size for o in got[True]] == [n] * n + [1] + [1, 1]
     raee = got[True][: len(texts)]
     assert [o.exit_layer for o in raee] == ([BEST_EXIT] * len(texts) if fail else EXITS)
     assert all(o.degraded == fail for o in raee)
