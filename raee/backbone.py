@@ -16,6 +16,8 @@ weights are read once for all the rows that still need it.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -39,8 +41,9 @@ DEFAULT_MAX_TOKENS = 512
 
 logger = logging.getLogger(__name__)
 
-# Texts of different lengths for the row-dropping self-check (padding included).
-_CHECK_TEXTS = ("Early exits", "A much longer sentence, to pad the others", "Short again here")
+# Texts of different lengths for the row-dropping self-check: the longest leaves first,
+# so that the pass also sheds padding.
+_CHECK_TEXTS = ("A much longer sentence, to pad the other two", "Early exits", "Short again here")
 
 
 def backbone_tokenizer(source: str) -> PreTrainedTokenizerBase:
@@ -163,9 +166,10 @@ class Backbone:
         """State ``(n, d)`` of row ``i`` at ``positions[i]`` after layer ``exits[i]``, in one pass.
 
         Rows leave the batch after their exit: the layers above run only for the rows
-        that still need them.
+        that still need them, over the columns that those rows' prompts fill.
         """
-        dropping = _DroppingRows(exits, positions)
+        lengths = encoded["attention_mask"].sum(dim=1) if self.tokenizer.padding_side == "right" else None
+        dropping = _DroppingRows(exits, positions, lengths)
         with dropping.hooked(self.layers):
             self._call(encoded)
         return dropping.result()
@@ -277,7 +281,12 @@ class TaskProbe:
 
     @torch.inference_mode()
     def predict_rows(self, ids: Sequence[Sequence[int]], exits: Sequence[int]) -> np.ndarray:
-        """:meth:`predict_tokens` with an exit per row, ``(n, C)``: one pass, rows leave at their exits."""
+        """:meth:`predict_tokens` with an exit per row, ``(n, C)``: one pass, rows leave at their exits.
+
+        Where at most one of the exits lies above the embeddings, separate passes read
+        each layer's weights once as well, and pad each group only to its own longest
+        prompt: those batches (and backbones that cannot drop rows) run one pass per exit.
+        """
         if len(exits) != len(ids):
             raise ValueError(f"exits: {len(exits)} exits for {len(ids)} prompts")
         for exit_layer in exits:
@@ -286,7 +295,7 @@ class TaskProbe:
         distinct = sorted(set(exits))
         if len(distinct) == 1:
             return self.predict_tokens(ids, distinct[0])
-        if not self.backbone.drops_rows:
+        if len([e for e in distinct if e > 0]) < 2 or not self.backbone.drops_rows:
             return self._predict_per_exit(ids, exits, distinct)
         encoded, positions = self._pad(ids)
         states = self.backbone.row_exit_states(encoded, positions, torch.tensor(list(exits)))
@@ -295,7 +304,7 @@ class TaskProbe:
     def _predict_per_exit(
         self, ids: Sequence[Sequence[int]], exits: Sequence[int], distinct: list[int]
     ) -> np.ndarray:
-        """One pass per distinct exit, for a backbone that cannot drop rows."""
+        """One pass per distinct exit."""
         probabilities = np.zeros((len(ids), self.spec.num_labels), dtype=np.float32)
         for exit_layer in distinct:
             rows = [i for i, e in enumerate(exits) if e == exit_layer]
@@ -407,34 +416,54 @@ def _hooks(layers: nn.ModuleList, exits: range, keep: Callable[[torch.Tensor, in
             handle.remove()
 
 
+# Where the sequence axis lies in the layer inputs that Hugging Face models name alike.
+_SEQUENCE_AXES: dict[str, tuple[int, ...]] = {
+    "attention_mask": (-2, -1),  # (..., query, key); a broadcast query axis of 1 stays
+    "position_embeddings": (-2,),  # (cos, sin), each (..., sequence, dim)
+    "position_ids": (-1,),
+    "cache_position": (-1,),
+}
+
+
 class _DroppingRows:
     """Pre-hooks that read each row's state at its exit, then drop the row from the batch.
 
-    The model computes its per-row inputs of the layers once, for the whole batch
+    The model computes the per-row inputs of its layers once, for the whole batch
     (attention masks, and rotary tables where they are per row), and hands the same
     tensors to every layer. Once rows have left, each layer's pre-hook hands it those
     tensors' rows for the rows still in the pass: every tensor argument with two or
     more dimensions whose first is the batch size, also inside tuples.
-    :attr:`Backbone.drops_rows` checks this against per-exit passes.
+
+    With right padding (``lengths`` given) the pass also sheds the padding columns
+    that no remaining row needs: the hidden states and the inputs named in
+    ``_SEQUENCE_AXES`` are cut to the longest remaining prompt. Real tokens never
+    attend to padding, so their states do not change. A layer input of another name
+    with an axis of the padded length turns this off for the pass.
+    :attr:`Backbone.drops_rows` checks all of it against per-exit passes.
     """
 
-    def __init__(self, exits: torch.Tensor, positions: torch.Tensor) -> None:
+    def __init__(self, exits: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor | None) -> None:
         self.exits = exits
         self.positions = positions
+        self.lengths = lengths
         self.batch = len(exits)
         self.last = int(exits.max())
         self.live = torch.arange(self.batch)  # rows of the original batch now in the pass
+        self.padded = 0  # the batch's padded length, learnt at the first layer
+        self.length = 0  # the length now handed to the layers
         self.states: torch.Tensor | None = None
-        # id of a model tensor -> (that tensor, its live rows); holding it keeps its id unique
-        self._rows_of: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # id of a model tensor -> (that tensor, what the layers get now); holding it keeps its id unique
+        self._fitted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._read = 0
 
     @contextmanager
     def hooked(self, layers: nn.ModuleList) -> Iterator[None]:
         owner = threading.get_ident()  # see _hooks: other threads' passes share these modules
 
-        def before(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], exit_layer: int) -> Any:
-            return self.before(args, kwargs, exit_layer) if threading.get_ident() == owner else None
+        def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], exit_layer: int) -> Any:
+            if threading.get_ident() != owner:
+                return None
+            return self.before(_positional_names(module), args, kwargs, exit_layer)
 
         def after(_module: nn.Module, _args: Any, output: Any) -> None:
             if threading.get_ident() == owner:
@@ -455,24 +484,38 @@ class _DroppingRows:
                 handle.remove()
 
     def before(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], exit_layer: int
+        self, names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any], exit_layer: int
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        """At the input of layer ``exit_layer + 1``: read rows exiting here, pass on the others."""
+        """At the input of layer ``exit_layer + 1``: read rows exiting here, pass on the others.
+
+        ``names`` name the layer's positional parameters, so that inputs passed by
+        position are known by name too ("" past the signature's).
+        """
         hidden = args[0] if args else kwargs["hidden_states"]
+        inputs = [*zip(names[1:] + ("",) * len(args), args[1:], strict=False), *kwargs.items()]
+        if not self.padded:
+            self.padded = self.length = hidden.shape[1]
+            if self.lengths is not None and not self._trimmable(inputs):
+                self.lengths = None
         self.read(hidden, exit_layer)
         going_on = self.exits[self.live] > exit_layer
         if not bool(going_on.any()):
             raise _StopForward
         if not bool(going_on.all()):
             self.live = self.live[going_on]
-            self._rows_of.clear()
             hidden = hidden[going_on]
+            if self.lengths is not None:
+                self.length = int(self.lengths[self.live].max())
+                hidden = hidden[:, : self.length].contiguous()
+            self._fitted.clear()
         if len(self.live) == self.batch:
             return None
+        fitted = [self._fit(name, value) for name, value in inputs]
+        positional = len(args) - 1 if args else 0
+        new_kwargs = dict(zip(kwargs, fitted[positional:], strict=True))
         if args:
-            return (hidden, *(self._rows(a) for a in args[1:])), {k: self._rows(v) for k, v in kwargs.items()}
-        kwargs = {k: self._rows(v) for k, v in kwargs.items() if k != "hidden_states"}
-        return args, {**kwargs, "hidden_states": hidden}
+            return (hidden, *fitted[:positional]), new_kwargs
+        return args, {**new_kwargs, "hidden_states": hidden}
 
     def read(self, hidden: torch.Tensor, exit_layer: int) -> None:
         here = self.exits[self.live] == exit_layer
@@ -489,15 +532,48 @@ class _DroppingRows:
             raise UnsupportedBackboneError("the model did not run through its layer modules")
         return self.states
 
-    def _rows(self, value: Any) -> Any:
-        if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[0] == self.batch:
-            cached = self._rows_of.get(id(value))
-            if cached is None or cached[0] is not value:
-                cached = self._rows_of[id(value)] = (value, value[self.live])
-            return cached[1]
+    def _fit(self, name: str, value: Any) -> Any:
+        """``value`` for the rows, and the length, now in the pass."""
         if isinstance(value, tuple | list):
-            return type(value)(self._rows(v) for v in value)
-        return value
+            return type(value)(self._fit(name, v) for v in value)
+        if not isinstance(value, torch.Tensor):
+            return value
+        cached = self._fitted.get(id(value))
+        if cached is not None and cached[0] is value:
+            return cached[1]
+        fitted = value
+        if value.dim() >= 2 and value.shape[0] == self.batch:
+            fitted = fitted[self.live]
+        if self.length != self.padded:
+            for axis in _SEQUENCE_AXES.get(name, ()):
+                if fitted.dim() >= -axis and fitted.shape[axis] == self.padded:
+                    fitted = fitted.narrow(axis, 0, self.length).contiguous()
+        self._fitted[id(value)] = (value, fitted)
+        return fitted
+
+    def _trimmable(self, inputs: list[tuple[str, Any]]) -> bool:
+        """No layer input but the known ones has an axis of the padded length (rows aside)."""
+        others = [value for name, value in inputs if name not in _SEQUENCE_AXES and name != "hidden_states"]
+        while others:
+            value = others.pop()
+            if isinstance(value, tuple | list):
+                others.extend(value)
+            elif isinstance(value, torch.Tensor):
+                rows_first = value.dim() >= 2 and value.shape[0] == self.batch
+                if self.padded in value.shape[1 if rows_first else 0 :]:
+                    return False
+        return True
+
+
+@functools.cache
+def _signature_names(forward: Callable[..., Any]) -> tuple[str, ...]:
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in inspect.signature(forward).parameters.values() if p.kind in kinds)
+
+
+def _positional_names(module: nn.Module) -> tuple[str, ...]:
+    """A layer's positional parameters, ``hidden_states`` first (read once per layer class)."""
+    return _signature_names(type(module).forward)[1:]  # without self
 
 
 def _find_layers(model: PreTrainedModel) -> nn.ModuleList:

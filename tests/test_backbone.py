@@ -7,9 +7,11 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from raee import backbone as backbone_module
 from raee.backbone import Backbone
@@ -101,15 +103,16 @@ def test_batched_equals_one_by_one(probe_case: tuple[Backbone, TaskSpec]) -> Non
 
 
 @contextmanager
-def rows_per_layer(backbone: Backbone) -> Iterator[list[list[int]]]:
-    """The batch size each transformer layer ran with, call by call."""
-    rows: list[list[int]] = [[] for _ in backbone.layers]
+def shapes_per_layer(backbone: Backbone) -> Iterator[list[list[tuple[int, int]]]]:
+    """The (rows, sequence length) each transformer layer ran with, call by call."""
+    rows: list[list[tuple[int, int]]] = [[] for _ in backbone.layers]
     handles = []
     for index, layer in enumerate(backbone.layers):
 
         def count(_module: object, _args: object, output: object, index: int = index) -> None:
             hidden = output[0] if isinstance(output, tuple) else output
-            rows[index].append(int(hidden.shape[0]))  # type: ignore[attr-defined]
+            assert isinstance(hidden, torch.Tensor)
+            rows[index].append((hidden.shape[0], hidden.shape[1]))
 
         handles.append(layer.register_forward_hook(count))
     try:
@@ -120,19 +123,72 @@ def rows_per_layer(backbone: Backbone) -> Iterator[list[list[int]]]:
 
 
 def mixed_exits(num_layers: int) -> list[int]:
-    """One exit per sentiment text: the embeddings, the top, and some between, one repeated."""
-    return [num_layers // 2, 0, num_layers, 1, num_layers // 2]
+    """One exit per sentiment text: the embeddings, the top, and some between, one repeated.
+
+    The longest text (the third) leaves after layer 1, so the pass can shed its padding.
+    """
+    return [num_layers // 2, 0, 1, num_layers, num_layers // 2]
+
+
+def expected_shapes(lengths: list[int], exits: list[int], layer: int, *, trimmed: bool) -> tuple[int, int]:
+    """Layer ``layer`` (from 0) runs for the rows whose exit is above it, over their longest prompt."""
+    staying = [n for n, e in zip(lengths, exits, strict=True) if e > layer]
+    return len(staying), max(staying) if trimmed else max(lengths)
 
 
 def test_rows_leave_one_pass_at_their_own_exits(probe_case: tuple[Backbone, TaskSpec]) -> None:
     backbone, spec = probe_case
     probe = backbone.for_task(spec)
     exits = mixed_exits(backbone.num_layers)
+    ids = probe.tokenize(SENTIMENT_TEXTS)
+    lengths = [len(row) for row in ids]
     assert backbone.drops_rows
-    with rows_per_layer(backbone) as rows:
-        together = probe.predict_rows(probe.tokenize(SENTIMENT_TEXTS), exits)
-    # One pass; layer k runs only for the rows whose exit is k or deeper.
-    assert rows == [[sum(e > k for e in exits)] for k in range(backbone.num_layers)]
+    with shapes_per_layer(backbone) as shapes:
+        together = probe.predict_rows(ids, exits)
+    # One pass; layer k runs only for the rows whose exit is above it, and (right padding)
+    # only over the columns their prompts fill.
+    assert backbone.tokenizer.padding_side == "right"
+    assert shapes == [[expected_shapes(lengths, exits, k, trimmed=True)] for k in range(backbone.num_layers)]
+    assert shapes[1][0][1] < max(lengths)  # padding was shed
+    for text, exit_layer, answer in zip(SENTIMENT_TEXTS, exits, together, strict=True):
+        np.testing.assert_allclose(answer, probe.predict_at([text], exit_layer)[0], atol=1e-5)
+
+
+def test_rows_below_one_deep_exit_run_as_separate_passes(probe_case: tuple[Backbone, TaskSpec]) -> None:
+    """With one exit above the embeddings, one pass per exit reads no weights twice."""
+    backbone, spec = probe_case
+    probe = backbone.for_task(spec)
+    middle = backbone.num_layers // 2
+    exits = [0, middle, 0, middle, 0]
+    ids = probe.tokenize(SENTIMENT_TEXTS)
+    with shapes_per_layer(backbone) as shapes:
+        answers = probe.predict_rows(ids, exits)
+    deep_group = (2, max(len(ids[1]), len(ids[3])))  # padded to its own longest prompt only
+    assert shapes == [[deep_group]] * middle + [[]] * (backbone.num_layers - middle)
+    for text, exit_layer, answer in zip(SENTIMENT_TEXTS, exits, answers, strict=True):
+        np.testing.assert_allclose(answer, probe.predict_at([text], exit_layer)[0], atol=1e-5)
+
+
+def test_an_unknown_layer_input_along_the_sequence_keeps_the_padding(
+    gemma: Backbone, cloze_spec: TaskSpec
+) -> None:
+    """A layer input the pass does not know (here one per token, which the layers ignore)."""
+    probe = gemma.for_task(cloze_spec)
+    exits = mixed_exits(gemma.num_layers)
+    ids = probe.tokenize(SENTIMENT_TEXTS)
+    lengths = [len(row) for row in ids]
+
+    def per_token_input(_module: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return args, {**kwargs, "per_token": torch.zeros(len(ids), max(lengths))}
+
+    handles = [layer.register_forward_pre_hook(per_token_input, with_kwargs=True) for layer in gemma.layers]
+    try:
+        with shapes_per_layer(gemma) as shapes:
+            together = probe.predict_rows(ids, exits)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert shapes == [[expected_shapes(lengths, exits, k, trimmed=False)] for k in range(gemma.num_layers)]
     for text, exit_layer, answer in zip(SENTIMENT_TEXTS, exits, together, strict=True):
         np.testing.assert_allclose(answer, probe.predict_at([text], exit_layer)[0], atol=1e-5)
 
@@ -141,7 +197,7 @@ def test_a_layout_whose_rows_cannot_be_dropped_runs_one_pass_per_exit(
     tiny_roberta: Backbone, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """As if the model handed its layers a per-row tensor the pass does not know to slice."""
-    monkeypatch.setattr(backbone_module._DroppingRows, "_rows", lambda _self, value: value)
+    monkeypatch.setattr(backbone_module._DroppingRows, "_fit", lambda _self, _name, value: value)
     backbone = Backbone(tiny_roberta.model, tiny_roberta.tokenizer, name="tiny", kind="masked")
     probe = backbone.for_task(MASKED_SPEC)
     exits = mixed_exits(backbone.num_layers)

@@ -126,6 +126,17 @@ def test_forward_passes_fits_the_cost_of_rows_and_depth(tmp_path: Path) -> None:
     assert report["p50_ms"]["16x18"] > report["p50_ms"]["16x0"]
 
 
+def test_row_exits_times_one_pass_against_a_pass_per_exit(tmp_path: Path) -> None:
+    args = ("--pair", "cloze/trec", "--sizes", "6", "--batches", "2")
+    report = run_benchmark("row_exits", *args, out=tmp_path / "r.json")
+    assert report["drops_rows"] is True
+    (pair,) = report["pairs"].values()
+    timing = pair["6"]
+    assert timing["max_abs_diff"] <= 1e-4  # the two ways gave the same answers
+    assert timing["p50_ms"]["rows"] > 0 and timing["p50_ms"]["per_exit"] > 0
+    assert report["ratio_mean"] == {"6": timing["ratio"]}
+
+
 def test_compute_floor_counts_the_encoders_work_and_bounds_its_time(
     served_home: Path, tmp_path: Path
 ) -> None:
