@@ -155,7 +155,11 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
     servicer.catalog = oip.catalog = catalog
     oip.batcher = batcher
     seconds = await asyncio.to_thread(warm_up, backbone, settings.max_batch)
-    logger.info("warm-up: one full-depth batch of %d texts in %.2f s", settings.max_batch, seconds)
+    logger.info(
+        "warm-up: one full-depth batch of %d texts and the row-dropping check in %.2f s",
+        settings.max_batch,
+        seconds,
+    )
     await running.set_serving(True)
     logger.info("inference worker SERVING %s (retrieval at %s)", backbone.id, settings.retrieval_addr)
     return InferenceServer(running, batcher, worker, channel, rest)

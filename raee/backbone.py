@@ -23,7 +23,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -41,9 +40,15 @@ DEFAULT_MAX_TOKENS = 512
 
 logger = logging.getLogger(__name__)
 
-# Texts of different lengths for the row-dropping self-check: the longest leaves first,
-# so that the pass also sheds padding.
-_CHECK_TEXTS = ("A much longer sentence, to pad the other two", "Early exits", "Short again here")
+# The row-dropping self-check: texts of different lengths, and their exits (as functions of
+# the layer count). A row leaves at the first layer, where the pass learns its inputs; the
+# longest leaves next, so the pass sheds padding; the others leave halfway and at the top.
+_CHECK_ROWS = (
+    ("Exit at the embeddings", lambda layers: 0),
+    ("A much longer sentence, to pad the other three", lambda layers: 1),
+    ("Early exits", lambda layers: layers),
+    ("Short again here", lambda layers: layers // 2),
+)
 
 
 def backbone_tokenizer(source: str) -> PreTrainedTokenizerBase:
@@ -109,37 +114,42 @@ class Backbone:
     def drops_rows(self) -> bool:
         """Whether one pass can drop rows at their exits and read the same states as per-exit passes.
 
-        Checked once, on first use. Dropping a row slices every per-row tensor the model
-        hands its layers (masks, rotary tables); a layout this does not cover is found
-        here, and such a backbone runs one pass per exit instead, with a warning.
+        Checked once, on first use. Dropping a row cuts the batch-first tensors that the
+        model hands its layers (masks, rotary tables) to the remaining rows; a layout
+        this does not fit is found here, and such a backbone runs one pass per exit
+        instead, with a warning. So does one that pads on the left.
         """
         if self._drops_rows is None:
-            self._drops_rows = self._check_row_dropping()
+            self._drops_rows = self.tokenizer.padding_side == "right" and self._check_row_dropping()
         return self._drops_rows
+
+    def pad(self, ids: Sequence[Sequence[int]]) -> BatchEncoding:
+        """Token ids as one padded batch, on the tokenizer's side."""
+        pad_id = int(self.tokenizer.pad_token_id or 0)
+        return _padded(ids, pad_id, left=self.tokenizer.padding_side == "left")
 
     @torch.inference_mode()
     def _check_row_dropping(self) -> bool:
         if self.num_layers < 2:
             return False
-        pad_id = int(self.tokenizer.pad_token_id or 0)
-        left = self.tokenizer.padding_side == "left"
-        encoded = _padded(self.tokenizer(list(_CHECK_TEXTS))["input_ids"], pad_id, left=left)
-        positions = encoded["attention_mask"].sum(dim=1) - 1
-        exits = [1, self.num_layers, self.num_layers // 2]
+        encoded = self.pad(self.tokenizer([text for text, _ in _CHECK_ROWS])["input_ids"])
+        positions = encoded["attention_mask"].sum(dim=1) - 1  # the last real token (right padding)
+        exits = [exit_of(self.num_layers) for _, exit_of in _CHECK_ROWS]
         try:
             dropped = self.row_exit_states(encoded, positions, torch.tensor(exits))
             expected = torch.stack(
                 [self.exit_states(encoded, positions, range(e, e + 1))[0][row] for row, e in enumerate(exits)]
             )
-        except (RuntimeError, IndexError) as error:
-            logger.warning("%s: rows cannot leave a pass early (%s); one pass per exit", self.id, error)
+        except Exception as error:  # any failure of this layout means: one pass per exit
+            logger.warning("%s: rows cannot leave a pass early; one pass per exit", self.id, exc_info=error)
             return False
-        scale = max(float(expected.abs().max()), 1.0)
-        if not torch.allclose(dropped, expected, rtol=1e-4, atol=1e-5 * scale):
+        error_by_row = (dropped - expected).norm(dim=1) / expected.norm(dim=1).clamp_min(1e-6)
+        if float(error_by_row.max()) > 1e-4:
             logger.warning("%s: dropping rows changed their states; one pass per exit", self.id)
             return False
         return True
 
+    @torch.inference_mode()
     def exit_states(
         self, encoded: BatchEncoding, positions: torch.Tensor, exits: range
     ) -> list[torch.Tensor]:
@@ -160,16 +170,20 @@ class Backbone:
             raise UnsupportedBackboneError("the model did not run through its layer modules")
         return captured
 
+    @torch.inference_mode()
     def row_exit_states(
         self, encoded: BatchEncoding, positions: torch.Tensor, exits: torch.Tensor
     ) -> torch.Tensor:
         """State ``(n, d)`` of row ``i`` at ``positions[i]`` after layer ``exits[i]``, in one pass.
 
         Rows leave the batch after their exit: the layers above run only for the rows
-        that still need them, over the columns that those rows' prompts fill.
+        that still need them, over the columns that those rows' prompts fill. Needs
+        right padding (:attr:`drops_rows`).
         """
-        lengths = encoded["attention_mask"].sum(dim=1) if self.tokenizer.padding_side == "right" else None
-        dropping = _DroppingRows(exits, positions, lengths)
+        if encoded["input_ids"].shape[1] == len(exits):
+            # As many columns as rows: a layer input's rows are told from its sequence by size.
+            encoded = _with_pad_column(encoded, int(self.tokenizer.pad_token_id or 0))
+        dropping = _DroppingRows(exits, positions, encoded["attention_mask"].sum(dim=1))
         with dropping.hooked(self.layers):
             self._call(encoded)
         return dropping.result()
@@ -266,15 +280,13 @@ class TaskProbe:
     @torch.inference_mode()
     def predict_at(self, texts: Sequence[str], exit_layer: int) -> np.ndarray:
         """Label-word probabilities at one exit, ``(n, C)``, running layers ``1..exit_layer`` only."""
-        if not 0 <= exit_layer <= self.num_layers:
-            raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
+        self._check_exit(exit_layer)
         return self.predict_tokens(self.tokenize(texts), exit_layer)
 
     @torch.inference_mode()
     def predict_tokens(self, ids: Sequence[Sequence[int]], exit_layer: int) -> np.ndarray:
         """:meth:`predict_at` for prompts already tokenised by :meth:`tokenize` (tokenised once)."""
-        if not 0 <= exit_layer <= self.num_layers:
-            raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
+        self._check_exit(exit_layer)
         encoded, positions = self._pad(ids)
         (state,) = self.backbone.exit_states(encoded, positions, range(exit_layer, exit_layer + 1))
         return self._probabilities(state).numpy()
@@ -285,28 +297,27 @@ class TaskProbe:
 
         Where at most one of the exits lies above the embeddings, separate passes read
         each layer's weights once as well, and pad each group only to its own longest
-        prompt: those batches (and backbones that cannot drop rows) run one pass per exit.
+        prompt: those batches (and backbones that cannot drop rows) run
+        :meth:`predict_per_exit`.
         """
         if len(exits) != len(ids):
             raise ValueError(f"exits: {len(exits)} exits for {len(ids)} prompts")
         for exit_layer in exits:
-            if not 0 <= exit_layer <= self.num_layers:
-                raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
-        distinct = sorted(set(exits))
+            self._check_exit(exit_layer)
+        distinct = set(exits)
         if len(distinct) == 1:
-            return self.predict_tokens(ids, distinct[0])
-        if len([e for e in distinct if e > 0]) < 2 or not self.backbone.drops_rows:
-            return self._predict_per_exit(ids, exits, distinct)
+            return self.predict_tokens(ids, exits[0])
+        if len(distinct - {0}) < 2 or not self.backbone.drops_rows:
+            return self.predict_per_exit(ids, exits)
         encoded, positions = self._pad(ids)
         states = self.backbone.row_exit_states(encoded, positions, torch.tensor(list(exits)))
         return self._probabilities(states).numpy()
 
-    def _predict_per_exit(
-        self, ids: Sequence[Sequence[int]], exits: Sequence[int], distinct: list[int]
-    ) -> np.ndarray:
-        """One pass per distinct exit."""
+    @torch.inference_mode()
+    def predict_per_exit(self, ids: Sequence[Sequence[int]], exits: Sequence[int]) -> np.ndarray:
+        """:meth:`predict_rows` as one :meth:`predict_tokens` pass per distinct exit."""
         probabilities = np.zeros((len(ids), self.spec.num_labels), dtype=np.float32)
-        for exit_layer in distinct:
+        for exit_layer in sorted(set(exits)):
             rows = [i for i, e in enumerate(exits) if e == exit_layer]
             probabilities[rows] = self.predict_tokens([ids[i] for i in rows], exit_layer)
         return probabilities
@@ -338,6 +349,10 @@ class TaskProbe:
 
     # -- internals ----------------------------------------------------------------------
 
+    def _check_exit(self, exit_layer: int) -> None:
+        if not 0 <= exit_layer <= self.num_layers:
+            raise ValueError(f"exit_layer: {exit_layer} is outside 0..{self.num_layers}")
+
     def _encode(self, texts: Sequence[str]) -> tuple[BatchEncoding, torch.Tensor]:
         return self._pad(self.tokenize(texts))
 
@@ -346,7 +361,7 @@ class TaskProbe:
         if not ids:
             raise ValueError("texts: need at least one text")
         tokenizer = self.backbone.tokenizer
-        encoded = _padded(ids, int(tokenizer.pad_token_id or 0), left=tokenizer.padding_side == "left")
+        encoded = self.backbone.pad(ids)
         lengths = encoded["attention_mask"].sum(dim=1)
         too_long = torch.nonzero(lengths > self.backbone.max_tokens).flatten()
         if too_long.numel():
@@ -380,6 +395,18 @@ def _padded(ids: Sequence[Sequence[int]], pad_id: int, *, left: bool) -> BatchEn
     input_ids = pad_rows(ids, pad_id, left=left)
     mask = pad_rows([[1] * len(row) for row in ids], 0, left=left)
     return BatchEncoding({"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)})
+
+
+def _with_pad_column(encoded: BatchEncoding, pad_id: int) -> BatchEncoding:
+    """``encoded`` (right-padded) with one more padding column; real tokens do not see it."""
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    rows = ids.shape[0]
+    return BatchEncoding(
+        {
+            "input_ids": torch.cat([ids, ids.new_full((rows, 1), pad_id)], dim=1),
+            "attention_mask": torch.cat([mask, mask.new_zeros((rows, 1))], dim=1),
+        }
+    )
 
 
 @contextmanager
@@ -434,12 +461,12 @@ class _DroppingRows:
     tensors' rows for the rows still in the pass: every tensor argument with two or
     more dimensions whose first is the batch size, also inside tuples.
 
-    With right padding (``lengths`` given) the pass also sheds the padding columns
+    The pass (right-padded, of prompt ``lengths``) also sheds the padding columns
     that no remaining row needs: the hidden states and the inputs named in
     ``_SEQUENCE_AXES`` are cut to the longest remaining prompt. Real tokens never
-    attend to padding, so their states do not change. A layer input of another name
-    with an axis of the padded length turns this off for the pass.
-    :attr:`Backbone.drops_rows` checks all of it against per-exit passes.
+    attend to padding, so their states do not change. If the first layer's inputs
+    include one of another name with an axis of the padded length, the pass keeps its
+    padding. :attr:`Backbone.drops_rows` checks all of it against per-exit passes.
     """
 
     def __init__(self, exits: torch.Tensor, positions: torch.Tensor, lengths: torch.Tensor | None) -> None:
@@ -454,7 +481,7 @@ class _DroppingRows:
         self.states: torch.Tensor | None = None
         # id of a model tensor -> (that tensor, what the layers get now); holding it keeps its id unique
         self._fitted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._read = 0
+        self._rows_read = 0
 
     @contextmanager
     def hooked(self, layers: nn.ModuleList) -> Iterator[None]:
@@ -463,16 +490,18 @@ class _DroppingRows:
         def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], exit_layer: int) -> Any:
             if threading.get_ident() != owner:
                 return None
-            return self.before(_positional_names(module), args, kwargs, exit_layer)
+            return self._at_layer_input(_positional_names(module), args, kwargs, exit_layer)
 
         def after(_module: nn.Module, _args: Any, output: Any) -> None:
             if threading.get_ident() == owner:
-                self.read(output[0] if isinstance(output, tuple) else output, self.last)
+                self._read_exiting(output[0] if isinstance(output, tuple) else output, self.last)
                 raise _StopForward
 
         # Layer i's input is exit i: its pre-hook reads and drops; the last layer's output needs a hook.
         handles = [
-            layers[index].register_forward_pre_hook(partial(before, exit_layer=index), with_kwargs=True)
+            layers[index].register_forward_pre_hook(
+                functools.partial(before, exit_layer=index), with_kwargs=True
+            )
             for index in range(min(self.last + 1, len(layers)))
         ]
         if self.last == len(layers):
@@ -483,21 +512,22 @@ class _DroppingRows:
             for handle in handles:
                 handle.remove()
 
-    def before(
+    def _at_layer_input(
         self, names: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any], exit_layer: int
     ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        """At the input of layer ``exit_layer + 1``: read rows exiting here, pass on the others.
+        """At exit ``exit_layer``, the input of layer index ``exit_layer``: read, drop, pass on.
 
         ``names`` name the layer's positional parameters, so that inputs passed by
         position are known by name too ("" past the signature's).
         """
         hidden = args[0] if args else kwargs["hidden_states"]
-        inputs = [*zip(names[1:] + ("",) * len(args), args[1:], strict=False), *kwargs.items()]
+        others = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        inputs = [*zip(names[1:] + ("",) * len(args), args[1:], strict=False), *others.items()]
         if not self.padded:
             self.padded = self.length = hidden.shape[1]
             if self.lengths is not None and not self._trimmable(inputs):
                 self.lengths = None
-        self.read(hidden, exit_layer)
+        self._read_exiting(hidden, exit_layer)
         going_on = self.exits[self.live] > exit_layer
         if not bool(going_on.any()):
             raise _StopForward
@@ -512,12 +542,12 @@ class _DroppingRows:
             return None
         fitted = [self._fit(name, value) for name, value in inputs]
         positional = len(args) - 1 if args else 0
-        new_kwargs = dict(zip(kwargs, fitted[positional:], strict=True))
+        new_kwargs = dict(zip(others, fitted[positional:], strict=True))
         if args:
             return (hidden, *fitted[:positional]), new_kwargs
         return args, {**new_kwargs, "hidden_states": hidden}
 
-    def read(self, hidden: torch.Tensor, exit_layer: int) -> None:
+    def _read_exiting(self, hidden: torch.Tensor, exit_layer: int) -> None:
         here = self.exits[self.live] == exit_layer
         if not bool(here.any()):
             return
@@ -525,35 +555,40 @@ class _DroppingRows:
         if self.states is None:
             self.states = hidden.new_empty((self.batch, hidden.shape[-1]))
         self.states[rows] = hidden[here][torch.arange(len(rows)), self.positions[rows]]
-        self._read += len(rows)
+        self._rows_read += len(rows)
 
     def result(self) -> torch.Tensor:
-        if self.states is None or self._read != self.batch:  # pragma: no cover - hooks did not fire
+        if self.states is None or self._rows_read != self.batch:  # pragma: no cover - hooks did not fire
             raise UnsupportedBackboneError("the model did not run through its layer modules")
         return self.states
 
     def _fit(self, name: str, value: Any) -> Any:
         """``value`` for the rows, and the length, now in the pass."""
         if isinstance(value, tuple | list):
-            return type(value)(self._fit(name, v) for v in value)
+            items = [self._fit(name, v) for v in value]
+            return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)  # a NamedTuple
         if not isinstance(value, torch.Tensor):
             return value
         cached = self._fitted.get(id(value))
-        if cached is not None and cached[0] is value:
+        if cached is not None:
             return cached[1]
         fitted = value
         if value.dim() >= 2 and value.shape[0] == self.batch:
             fitted = fitted[self.live]
         if self.length != self.padded:
-            for axis in _SEQUENCE_AXES.get(name, ()):
-                if fitted.dim() >= -axis and fitted.shape[axis] == self.padded:
+            # Never the first axis: it is the rows' (or, for a 1-D input, the sequence's alone).
+            axes = {axis % fitted.dim() for axis in _SEQUENCE_AXES.get(name, ())} - {0}
+            if fitted.dim() == 1 and name in _SEQUENCE_AXES:
+                axes = {0}
+            for axis in sorted(axes):
+                if fitted.shape[axis] == self.padded:
                     fitted = fitted.narrow(axis, 0, self.length).contiguous()
         self._fitted[id(value)] = (value, fitted)
         return fitted
 
     def _trimmable(self, inputs: list[tuple[str, Any]]) -> bool:
-        """No layer input but the known ones has an axis of the padded length (rows aside)."""
-        others = [value for name, value in inputs if name not in _SEQUENCE_AXES and name != "hidden_states"]
+        """No input of the first layer but the known ones has an axis of the padded length (rows aside)."""
+        others = [value for name, value in inputs if name not in _SEQUENCE_AXES]
         while others:
             value = others.pop()
             if isinstance(value, tuple | list):

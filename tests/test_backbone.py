@@ -211,6 +211,35 @@ def test_a_layout_whose_rows_cannot_be_dropped_runs_one_pass_per_exit(
         np.testing.assert_allclose(answer, probe.predict_at([text], exit_layer)[0], atol=1e-5)
 
 
+def test_a_check_that_reads_other_states_turns_row_dropping_off(
+    tiny_roberta: Backbone, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = backbone_module._DroppingRows._read_exiting
+
+    def misread(self: Any, hidden: torch.Tensor, exit_layer: int) -> None:
+        original(self, hidden + 1.0, exit_layer)
+
+    monkeypatch.setattr(backbone_module._DroppingRows, "_read_exiting", misread)
+    backbone = Backbone(tiny_roberta.model, tiny_roberta.tokenizer, name="tiny", kind="masked")
+    with caplog.at_level(logging.WARNING, logger="raee.backbone"):
+        assert not backbone.drops_rows
+    assert "dropping rows changed their states" in caplog.text
+
+
+def test_a_batch_as_long_as_it_is_wide_gets_a_padding_column(gemma: Backbone, cloze_spec: TaskSpec) -> None:
+    """With as many rows as columns, the rows' axis of a layer input could not be told by size."""
+    probe = gemma.for_task(cloze_spec)
+    words = probe.tokenize(["a gorgeous , witty , seductive movie ."])[0]
+    ids = [words[:5], words[:3], words[:4], words[:2], words[:5]]
+    exits = [gemma.num_layers // 2, 1, 1, gemma.num_layers, gemma.num_layers // 2]
+    with shapes_per_layer(gemma) as shapes:
+        together = probe.predict_rows(ids, exits)
+    assert shapes[0] == [(5, 6)]  # 5 + 1 columns
+    assert shapes[1] == [(3, 5)]  # the padding column went with the rows that left
+    for row, exit_layer, answer in zip(ids, exits, together, strict=True):
+        np.testing.assert_allclose(answer, probe.predict_tokens([row], exit_layer)[0], atol=1e-5)
+
+
 def test_predict_rows_refuses_bad_exits(gemma: Backbone, cloze_spec: TaskSpec) -> None:
     probe = gemma.for_task(cloze_spec)
     ids = probe.tokenize(SENTIMENT_TEXTS[:2])

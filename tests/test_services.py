@@ -107,7 +107,8 @@ async def test_a_batch_runs_one_pass_whose_rows_leave_at_their_own_exits(
     texts = TEXTS * 2  # 16 = one micro-batch
     batch = await client.classify_batch(demo_spec.name, texts)
     answers = [r.response for r in batch.results]
-    assert len({answer.exit_layer for answer in answers}) > 1, "the demo texts exit at different layers"
+    deep = {answer.exit_layer for answer in answers} - {0}
+    assert len(deep) > 1, "the demo texts leave above the embeddings at different layers"
     assert {answer.batch_group_size for answer in answers} == {16}
     # Each row read at its own exit, as when it runs alone.
     for answer, text in zip(answers[:8], TEXTS, strict=True):
