@@ -1,8 +1,10 @@
 """What a truncated forward pass costs over rows × depth: is sharing a pass worth it?
 
-The worker runs one pass per (task, exit layer) group. Passes could instead be
-shared by requests with nearby exits, padded to the deepest, if a layer cost
+The worker used to run one pass per (task, exit layer) group. Passes could instead
+be shared by requests with nearby exits, padded to the deepest, if a layer cost
 much the same over a few rows as over one (a pass bound by reading weights).
+(Today rows share one pass but leave it at their own exits, which pays no layer
+twice and no row above its exit: ``benchmarks/row_exits.py``.)
 This times ``predict_tokens`` on the backbone over a grid of rows and depths and
 fits ``time = pass + depth * (layer + rows * row)``: ``layer / row`` is what a
 layer costs beside its rows, in rows. Near 0, batching rows buys nothing and

@@ -1,4 +1,4 @@
-"""The inference worker: one retrieval call per micro-batch, one truncated forward pass per task.
+"""The inference worker: one retrieval call per micro-batch, truncated forward passes per task.
 
 For a batch of requests the worker
 
@@ -12,9 +12,10 @@ For a batch of requests the worker
    accurate), or at full depth for a task without that record. After such a
    failure the worker does not ask retrieval again for ``retry_after_s``, so a
    slow retrieval service costs one timeout, not one per batch;
-3. groups requests by task and runs the backbone once per group, only up to
-   the group's deepest exit; each request's row leaves the pass at its own exit
-   (:meth:`TaskProbe.predict_rows`), so layers above it run for the others only.
+3. groups requests by task and runs each group's forward work together, only up
+   to the group's deepest exit: one pass from which each request's row leaves at
+   its own exit, where the rows span two or more exits above the embeddings, and
+   otherwise one pass per exit (:meth:`TaskProbe.predict_rows`).
 
 With ``overlap_retrieval`` (``RAEE_OVERLAP_RETRIEVAL``) the RAEE requests of a
 batch that asks about one task start their forward pass while step 2 is in

@@ -29,12 +29,12 @@ BATCH_SIZE = Histogram(
 )
 BATCH_GROUPS = Histogram(
     "raee_inference_batch_groups",
-    "Forward passes per micro-batch (one per task and exit layer)",
+    "Task groups per micro-batch (rows of a group run together, leaving at their own exits)",
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
 )
 GROUP_SIZE = Histogram(
     "raee_inference_group_size",
-    "Requests sharing one truncated forward pass",
+    "Requests in one task group of a micro-batch",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 DEGRADED = Counter(
