@@ -121,7 +121,9 @@ class ClassifyResponse(_message.Message):
     fallback: _retrieval_pb2.FallbackReason.ValueType
     task_version: _builtins.str
     batch_group_size: _builtins.int
-    """Requests that shared this request's forward pass (same exit layer, same batch)."""
+    """Requests of this task in this request's micro-batch, whose forward work ran
+    together, each request leaving at its own exit layer.
+    """
     @_builtins.property
     def probabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Label-word probabilities at the exit, in label order."""
