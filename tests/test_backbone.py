@@ -23,21 +23,28 @@ MASKED_SPEC = TaskSpec.from_flags("m", "{text} It was {mask} .", ["neg=bad", "po
 
 
 @contextmanager
-def layer_calls(backbone: Backbone) -> Iterator[list[int]]:
-    """Counts how often each transformer layer runs."""
-    counts = [0] * backbone.num_layers
+def shapes_per_layer(backbone: Backbone) -> Iterator[list[list[tuple[int, int]]]]:
+    """The (rows, sequence length) each transformer layer ran with, call by call."""
+    rows: list[list[tuple[int, int]]] = [[] for _ in backbone.layers]
     handles = []
     for index, layer in enumerate(backbone.layers):
 
-        def count(*_: object, index: int = index) -> None:
-            counts[index] += 1
+        def count(_module: object, _args: object, output: object, index: int = index) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            assert isinstance(hidden, torch.Tensor)
+            rows[index].append((hidden.shape[0], hidden.shape[1]))
 
         handles.append(layer.register_forward_hook(count))
     try:
-        yield counts
+        yield rows
     finally:
         for handle in handles:
             handle.remove()
+
+
+def calls(shapes: list[list[tuple[int, int]]]) -> list[int]:
+    """How often each layer ran, from :func:`shapes_per_layer`."""
+    return [len(layer) for layer in shapes]
 
 
 @pytest.fixture(params=["gemma", "tiny_roberta"])
@@ -80,12 +87,12 @@ def test_no_layer_above_the_exit_runs(probe_case: tuple[Backbone, TaskSpec]) -> 
     backbone, spec = probe_case
     probe = backbone.for_task(spec)
     for exit_layer in range(backbone.num_layers + 1):
-        with layer_calls(backbone) as counts:
+        with shapes_per_layer(backbone) as shapes:
             probe.predict_at(SENTIMENT_TEXTS[:2], exit_layer)
-        assert counts == [1] * exit_layer + [0] * (backbone.num_layers - exit_layer), exit_layer
-    with layer_calls(backbone) as counts:
+        assert calls(shapes) == [1] * exit_layer + [0] * (backbone.num_layers - exit_layer), exit_layer
+    with shapes_per_layer(backbone) as shapes:
         probe.exit_probabilities(SENTIMENT_TEXTS[:2])
-    assert counts == [1] * backbone.num_layers
+    assert calls(shapes) == [1] * backbone.num_layers
 
 
 def test_batched_equals_one_by_one(probe_case: tuple[Backbone, TaskSpec]) -> None:
@@ -100,26 +107,6 @@ def test_batched_equals_one_by_one(probe_case: tuple[Backbone, TaskSpec]) -> Non
         np.concatenate([probe.predict_at([text], middle) for text in SENTIMENT_TEXTS]),
         atol=1e-5,
     )
-
-
-@contextmanager
-def shapes_per_layer(backbone: Backbone) -> Iterator[list[list[tuple[int, int]]]]:
-    """The (rows, sequence length) each transformer layer ran with, call by call."""
-    rows: list[list[tuple[int, int]]] = [[] for _ in backbone.layers]
-    handles = []
-    for index, layer in enumerate(backbone.layers):
-
-        def count(_module: object, _args: object, output: object, index: int = index) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
-            assert isinstance(hidden, torch.Tensor)
-            rows[index].append((hidden.shape[0], hidden.shape[1]))
-
-        handles.append(layer.register_forward_hook(count))
-    try:
-        yield rows
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def mixed_exits(num_layers: int) -> list[int]:
@@ -204,9 +191,9 @@ def test_a_layout_whose_rows_cannot_be_dropped_runs_one_pass_per_exit(
     with caplog.at_level(logging.WARNING, logger="raee.backbone"):
         assert not backbone.drops_rows
     assert "one pass per exit" in caplog.text
-    with layer_calls(backbone) as counts:
+    with shapes_per_layer(backbone) as shapes:
         answers = probe.predict_rows(probe.tokenize(SENTIMENT_TEXTS), exits)
-    assert counts[0] == len({e for e in exits if e > 0})  # a pass per distinct exit above 0
+    assert len(shapes[0]) == len({e for e in exits if e > 0})  # a pass per distinct exit above 0
     for text, exit_layer, answer in zip(SENTIMENT_TEXTS, exits, answers, strict=True):
         np.testing.assert_allclose(answer, probe.predict_at([text], exit_layer)[0], atol=1e-5)
 
