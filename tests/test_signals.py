@@ -35,7 +35,10 @@ async def test_warm_up_then_gauges_follow_the_queue(
         pair = await start_demo_pair(served_home, gemma, encoder, max_batch=4)
     try:
         messages = [r.getMessage() for r in caplog.records]
-        assert any(m.startswith("warm-up: one full-depth batch of 4 texts in") for m in messages), messages
+        assert any(
+            m.startswith("warm-up: one full-depth batch of 4 texts and the row-dropping check in")
+            for m in messages
+        ), messages
         assert any(m.startswith("warm-up: one encoder pass in") for m in messages), messages
         waits_before = sample("raee_inference_queue_wait_seconds_count")
         texts = (TEXTS * 3)[:20]
