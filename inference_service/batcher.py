@@ -1,8 +1,15 @@
 """Micro-batching with fair scheduling and admission control.
 
 Concurrent requests are gathered into micro-batches of at most ``max_batch``
-items, one batch at a time. Requests arriving meanwhile queue up and form the
-next batch, so under load batches fill without waiting.
+items. Requests arriving meanwhile queue up and form the next batch, so under
+load batches fill without waiting.
+
+**Batches in flight.** Up to ``max_in_flight`` batches are processed at once. A
+RAEE batch first waits on the retrieval service; with two in flight, the next
+batch's retrieval call runs while this one's forward pass does (the worker runs
+one forward pass at a time). Only a batch with an item that ``waits_first`` starts
+beside a running one: any other batch could only queue behind it, so it keeps
+filling until the running batch is done.
 
 **No wait for a lone request.** A batch waits up to ``max_wait`` for more items
 only while it is smaller than the previous batch: concurrent callers showed up
@@ -67,11 +74,17 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         max_wait_s: float,
         max_queue: int,
         drain_s: float = 0.0,
+        max_in_flight: int = 1,
+        waits_first: Callable[[ItemT], bool] = lambda _item: True,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait_s < 0 or drain_s < 0:
-            raise ValueError("max_batch and max_queue must be >= 1, max_wait_s and drain_s >= 0")
+        if max_batch < 1 or max_queue < 1 or max_in_flight < 1 or max_wait_s < 0 or drain_s < 0:
+            raise ValueError(
+                "max_batch, max_queue and max_in_flight must be >= 1, max_wait_s and drain_s >= 0"
+            )
         self._process = process
         self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
+        self._waits_first = waits_first
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.drain_s = drain_s  # 0: no drain bound
@@ -81,7 +94,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._running = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._last_done = 0.0  # when the last batch finished (perf_counter)
         self._seen_large = False
         # Measured: seconds per item, and the time of one batch (None until the first batch).
         self.item_s: float | None = None
@@ -110,6 +125,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for running in list(self._in_flight):
+            running.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
         for queue in self._callers.values():
             for pending in queue:
                 if not pending.future.done():
@@ -133,13 +151,18 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         if self.item_s is None or self.batch_s is None:
             return None
         ahead = sum(min(len(queue), items) for queue in self._callers.values())
-        return (ahead + items) * self.item_s + (self.batch_s if self._running else 0.0)
+        return (ahead + items) * self.item_s + self._running_s()
 
     def drain_estimate_s(self, extra_items: int = 0) -> float | None:
         """How long draining the whole queue (plus ``extra_items``) would take (None: unmeasured)."""
         if self.item_s is None or self.batch_s is None:
             return None
-        return (self._queued + extra_items) * self.item_s + (self.batch_s if self._running else 0.0)
+        return (self._queued + extra_items) * self.item_s + self._running_s()
+
+    def _running_s(self) -> float:
+        """What the batches being processed still need, at most: one batch time each."""
+        assert self.batch_s is not None
+        return self.batch_s * len(self._in_flight)
 
     def _admit(self, items: int, deadline_s: float | None) -> None:
         if self._closing:
@@ -246,6 +269,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     def _measure(self, size: int, seconds: float) -> None:
         """Update the estimates; the first batch (cold caches, first connections) is not used.
 
+        ``seconds`` is the batch's own share of the time: with batches in flight
+        together, from when it started or the previous one finished, whichever is
+        later, to when it finished.
+
         Per-item cost falls with batch size, so once half-full batches have been
         seen, only those update ``item_s``: under load, when estimates matter, the
         batches are full.
@@ -266,24 +293,49 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             self.item_s = per_item
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            await self._running_fewer_than(self.max_in_flight)
             batch = await self._next_batch()
+            if self._in_flight and not any(self._waits_first(p.item) for p in batch):
+                await self._running_fewer_than(1)
+                self._take_round_robin(batch)
+                batch = [p for p in batch if not p.future.done()]
+                self._last_size = len(batch)
             if not batch:
                 continue
-            started = time.perf_counter()
-            self._running = True
-            try:
-                results = await self._process([p.item for p in batch])
-            except Exception as error:  # a bug in process(): fail this batch, keep serving
-                logger.exception("batch of %d failed", len(batch))
-                results = [error] * len(batch)
-            finally:
-                self._running = False
-            self._measure(len(batch), time.perf_counter() - started)
-            for pending, result in zip(batch, results, strict=True):
-                if pending.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    pending.future.set_exception(result)
-                else:
-                    pending.future.set_result(result)
+            running = loop.create_task(self._run_batch(batch), name="micro-batch")
+            self._in_flight.add(running)
+            running.add_done_callback(self._finished)
+
+    async def _running_fewer_than(self, batches: int) -> None:
+        while len(self._in_flight) >= batches:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+    def _finished(self, running: asyncio.Task[None]) -> None:
+        self._in_flight.discard(running)
+        self._slot_freed.set()
+
+    async def _run_batch(self, batch: list[_Pending[ItemT, ResultT]]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self._process([p.item for p in batch])
+        except asyncio.CancelledError:  # close(): the server is going away
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(OverloadedError("the server is shutting down"))
+            raise
+        except Exception as error:  # a bug in process(): fail this batch, keep serving
+            logger.exception("batch of %d failed", len(batch))
+            results = [error] * len(batch)
+        done = time.perf_counter()
+        self._measure(len(batch), done - max(started, self._last_done))
+        self._last_done = done
+        for pending, result in zip(batch, results, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(result, BaseException):
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)

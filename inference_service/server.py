@@ -15,7 +15,7 @@ from inference_service.catalog import TaskCatalog
 from inference_service.rest import RestServer, start_rest
 from inference_service.servicer import SERVICE_NAME, InferenceServicer
 from inference_service.signals import InstrumentedBatcher, warm_up
-from inference_service.worker import InferenceWorker
+from inference_service.worker import InferenceWorker, waits_for_retrieval
 from raee.backbone import Backbone
 from raee.oip import grpc_predict_v2_pb2_grpc
 from raee.serving import tracing
@@ -148,6 +148,8 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
         max_queue=settings.max_queue,
         # Admit only what drains within the grace period (with a margin for the estimate).
         drain_s=settings.grace_s * DRAIN_MARGIN,
+        max_in_flight=settings.batches_in_flight,
+        waits_first=waits_for_retrieval,
     )
     batcher.start()
     servicer.batcher = batcher

@@ -43,7 +43,15 @@ Process = Callable[[Sequence[WorkItem]], Awaitable[Sequence[Outcome | BaseExcept
 
 class InstrumentedBatcher(MicroBatcher[WorkItem, Outcome]):
     def __init__(
-        self, process: Process, *, max_batch: int, max_wait_s: float, max_queue: int, drain_s: float = 0.0
+        self,
+        process: Process,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        drain_s: float = 0.0,
+        max_in_flight: int = 1,
+        waits_first: Callable[[WorkItem], bool] = lambda _item: True,
     ) -> None:
         self._waiting: dict[int, float] = {}  # id(item) -> submitted at
         self._contexts: dict[int, tuple[Any, int]] = {}  # id(item) -> (trace context, submitted at, ns)
@@ -53,6 +61,8 @@ class InstrumentedBatcher(MicroBatcher[WorkItem, Outcome]):
             max_wait_s=max_wait_s,
             max_queue=max_queue,
             drain_s=drain_s,
+            max_in_flight=max_in_flight,
+            waits_first=waits_first,
         )
 
     def enqueue(

@@ -381,6 +381,11 @@ class InferenceWorker:
         return probe
 
 
+def waits_for_retrieval(item: WorkItem) -> bool:
+    """Whether the item's processing starts with the retrieval call (and so overlaps another batch)."""
+    return item.mode is Mode.RAEE
+
+
 def _plan_fields(plan: ExitPlan, retrieval_ms: float) -> dict[str, object]:
     fields: dict[str, object] = {
         "retrieval_ms": retrieval_ms,

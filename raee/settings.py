@@ -177,6 +177,13 @@ class InferenceSettings(ServiceSettings):
     max_wait_ms: float = env(
         "RAEE_MAX_WAIT_MS", 5.0, "longest a batch waits to fill (only after a larger batch)", ge=0
     )
+    batches_in_flight: int = env(
+        "RAEE_BATCHES_IN_FLIGHT",
+        2,
+        "micro-batches processed at once: a RAEE batch's retrieval call runs during the previous "
+        "batch's forward pass",
+        ge=1,
+    )
     overlap_retrieval: bool = env(
         "RAEE_OVERLAP_RETRIEVAL", False, "RAEE: run the first layers while retrieval answers"
     )

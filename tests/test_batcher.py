@@ -6,7 +6,7 @@ Ordering and counts only: no timed asserts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -142,3 +142,90 @@ async def test_after_a_larger_batch_the_next_one_waits_for_company() -> None:
     finally:
         await batcher.close()
     assert batcher.dispatched == {"expected": 3}
+
+
+class Gate:
+    """A process function whose batches wait on a gate: the retrieval call of a RAEE batch."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.started: list[list[str]] = []
+        self.finished: list[list[str]] = []
+
+    async def __call__(self, items: Sequence[str]) -> list[str]:
+        self.started.append(list(items))
+        await self.open.wait()
+        self.finished.append(list(items))
+        return [f"done {item}" for item in items]
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+async def test_a_batch_that_waits_first_starts_beside_a_running_one(in_flight: int) -> None:
+    gate = Gate()
+    batcher: MicroBatcher[str, str] = MicroBatcher(
+        gate, max_batch=2, max_wait_s=0.0, max_queue=100, max_in_flight=in_flight
+    )
+    batcher.start()
+    try:
+        first = batcher.enqueue(["a0", "a1"])
+        await _until(lambda: len(gate.started) == 1)
+        second = batcher.enqueue(["b0", "b1"])
+        for _ in range(50):
+            await asyncio.sleep(0)
+        # With room for two, the second batch is running while the first still waits.
+        assert gate.started == [["a0", "a1"], ["b0", "b1"]][:in_flight]
+        gate.open.set()
+        assert await asyncio.gather(*first, *second) == ["done a0", "done a1", "done b0", "done b1"]
+    finally:
+        await batcher.close()
+    assert gate.started == [["a0", "a1"], ["b0", "b1"]]
+
+
+async def test_a_batch_with_nothing_to_overlap_keeps_filling_until_the_running_one_is_done() -> None:
+    gate = Gate()
+    batcher: MicroBatcher[str, str] = MicroBatcher(
+        gate,
+        max_batch=4,
+        max_wait_s=0.0,
+        max_queue=100,
+        max_in_flight=2,
+        waits_first=lambda item: item.startswith("raee"),
+    )
+    batcher.start()
+    try:
+        running = batcher.enqueue(["raee a", "raee b"])
+        await _until(lambda: len(gate.started) == 1)
+        early = batcher.enqueue(["full 0"])
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert len(gate.started) == 1, "a batch that only queues behind the running one started"
+        late = batcher.enqueue(["full 1", "full 2"])  # arrives while it waits: joins it
+        gate.open.set()
+        await asyncio.gather(*running, *early, *late)
+        mixed = batcher.enqueue(["raee c"])  # an item that waits first starts beside a running batch
+        assert await asyncio.gather(*mixed) == ["done raee c"]
+    finally:
+        await batcher.close()
+    assert gate.started[:2] == [["raee a", "raee b"], ["full 0", "full 1", "full 2"]]
+
+
+async def test_close_fails_the_batches_in_flight() -> None:
+    gate = Gate()  # never opens
+    batcher: MicroBatcher[str, str] = MicroBatcher(
+        gate, max_batch=1, max_wait_s=0.0, max_queue=100, max_in_flight=2
+    )
+    batcher.start()
+    futures = batcher.enqueue(["a"]) + batcher.enqueue(["b"]) + batcher.enqueue(["c"])
+    await _until(lambda: len(gate.started) == 2)
+    await batcher.close()
+    for future in futures:  # two were running, one was queued: every caller hears back
+        with pytest.raises(OverloadedError, match="shutting down"):
+            await future
