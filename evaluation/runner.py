@@ -337,6 +337,32 @@ async def batch1_timing(
     )
 
 
+async def clients_rate(
+    inference: inference_pb2_grpc.InferenceServiceStub,
+    task: str,
+    texts: Sequence[str],
+    mode: str,
+    *,
+    clients: int = THROUGHPUT_CLIENTS,
+    per_client: int = 4,
+) -> float:
+    """Requests/s of one round: ``clients`` callers, each sending ``per_client`` single-text calls in turn.
+
+    Each caller waits for its answer before its next call, so the worker's
+    micro-batcher sees the concurrency a real fleet of clients creates.
+    """
+
+    async def caller(offset: int) -> None:
+        for i in range(per_client):
+            text = texts[(offset * per_client + i) % len(texts)]
+            reply = await inference.Classify(classify_request(task, text, mode), timeout=120)
+            check_not_degraded(task, f"{clients}-client {mode}", int(reply.degraded))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(c) for c in range(clients)))
+    return clients * per_client / (time.perf_counter() - started)
+
+
 async def throughput_ratio(
     inference: inference_pb2_grpc.InferenceServiceStub,
     task: str,
@@ -346,29 +372,17 @@ async def throughput_ratio(
     per_client: int = 4,
     rounds: int = 4,
 ) -> float:
-    """RAEE over FULL requests/s with ``clients`` concurrent callers, rounds alternating by mode.
+    """RAEE over FULL requests/s of ``clients`` callers (:func:`clients_rate`), rounds alternating by mode.
 
-    Each caller sends single-text ``Classify`` requests one after the other, so the
-    worker's micro-batcher sees the concurrency a real fleet of clients creates. The
-    ratio is of the two modes' medians over ``rounds`` rounds: one round of 64
+    The ratio is of the two modes' medians over ``rounds`` rounds: one round of 64
     requests moves by up to a tenth on this machine, and a median of two is their mean.
     """
-
-    async def one_round(mode: str) -> float:
-        async def caller(offset: int) -> None:
-            for i in range(per_client):
-                text = texts[(offset * per_client + i) % len(texts)]
-                reply = await inference.Classify(classify_request(task, text, mode), timeout=120)
-                check_not_degraded(task, f"{clients}-client {mode}", int(reply.degraded))
-
-        started = time.perf_counter()
-        await asyncio.gather(*(caller(c) for c in range(clients)))
-        return clients * per_client / (time.perf_counter() - started)
-
     rates: dict[str, list[float]] = {"raee": [], "full": []}
     for _ in range(rounds):
         for mode in rates:
-            rates[mode].append(await one_round(mode))
+            rates[mode].append(
+                await clients_rate(inference, task, texts, mode, clients=clients, per_client=per_client)
+            )
     return float(np.median(rates["raee"]) / np.median(rates["full"]))
 
 

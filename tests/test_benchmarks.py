@@ -188,3 +188,19 @@ async def test_encoder_quantisation_rescoring_reproduces_the_services(
     assert measured["delta"] == pytest.approx(scores["int8"] - scores["fp32"], abs=0.011)
     assert 0 < measured["neighbour_overlap"] < 1  # int8 changes some neighbours, not all
     assert report["summary"]["largest_change"]["pair"] == name
+
+
+def test_batches_in_flight_times_both_settings_in_both_modes(tmp_path: Path) -> None:
+    args = ("--pair", "cloze/sst2", "--home", str(tmp_path / "home"), "--train-limit", "24")
+    load = ("--clients", "4", "--per-client", "1", "--rounds", "1")
+    report = run_benchmark("batches_in_flight", *args, *load, out=tmp_path / "r.json")
+    (pair,) = report["pairs"].values()
+    rps = pair["rps"]
+    assert set(rps) == {"1", "2"} and all(rate > 0 for s in rps.values() for rate in s.values())
+    for mode in ("raee", "full"):
+        assert pair["two_over_one"][mode] == pytest.approx(rps["2"][mode] / rps["1"][mode], rel=1e-2)
+    for setting in ("1", "2"):
+        assert pair["raee_over_full"][setting] == pytest.approx(
+            rps[setting]["raee"] / rps[setting]["full"], rel=1e-2
+        )
+    assert report["mean"]["two_over_one"] == pair["two_over_one"]
