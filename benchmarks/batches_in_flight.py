@@ -32,10 +32,10 @@ from _common import emit
 from evaluation.runner import (
     EVAL_RETRIEVAL_TIMEOUT_MS,
     THROUGHPUT_CLIENTS,
-    _examples,
     benchmark_tasks,
     clients_rate,
     ensure_ingested,
+    read_task_examples,
     speed_sample,
 )
 from raee.backbone import Backbone
@@ -60,7 +60,7 @@ async def time_pair(
         await clients_rate(stub, task, texts, "raee", clients=clients, per_client=1)  # warm-up
         for round_ in range(rounds):
             for in_flight in SETTINGS if round_ % 2 == 0 else SETTINGS[::-1]:
-                batcher.max_in_flight = in_flight
+                batcher.max_in_flight = in_flight  # read before each batch starts
                 for mode in MODES:
                     rate = await clients_rate(stub, task, texts, mode, clients=clients, per_client=per_client)
                     rates[in_flight][mode].append(rate)
@@ -107,7 +107,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     try:
         for task in tasks:
-            tests = _examples(task.test, task.spec, None)
+            tests = read_task_examples(task.test, task.spec, None)
             texts = [tests[i].text for i in speed_sample(len(tests), args.clients * args.per_client)]
             report["pairs"][f"{task.family}/{task.task}"] = await time_pair(
                 pair, task.spec.name, texts, args.clients, args.per_client, args.rounds

@@ -118,7 +118,7 @@ def ensure_ingested(
             return current, True
     except TaskNotFoundError:
         pass
-    examples = _examples(task.train, task.spec, train_limit)
+    examples = read_task_examples(task.train, task.spec, train_limit)
     result = run_ingest(
         task.spec,
         examples,
@@ -131,7 +131,8 @@ def ensure_ingested(
     return result.version, False
 
 
-def _examples(path: Path, spec: TaskSpec, limit: int | None) -> list[Example]:
+def read_task_examples(path: Path, spec: TaskSpec, limit: int | None) -> list[Example]:
+    """A task file's examples (any invalid row is an error); a seeded sample of ``limit`` of them."""
     examples, errors = read_examples(path, spec)
     if errors:
         raise ValueError(f"{len(errors)} invalid rows in {path}; first: {errors[0]}")
@@ -398,7 +399,7 @@ async def evaluate_task(
     inference = inference_pb2_grpc.InferenceServiceStub(channels[0])
     retrieval = retrieval_pb2_grpc.RetrievalServiceStub(channels[1])
     spec = task.spec
-    tests = _examples(task.test, spec, None)
+    tests = read_task_examples(task.test, spec, None)
     texts = [e.text for e in tests]
     probe = backbone.for_task(spec)
     answers = await classify_both(inference, spec.name, texts)
@@ -406,7 +407,7 @@ async def evaluate_task(
     full_preds = np.array(answers["full"].labels)
     timed = speed_sample(len(texts), max(latency_sample, THROUGHPUT_CLIENTS * 4))
     timed_texts = [texts[i] for i in timed]
-    train_sample = _examples(task.train, spec, tau_sample)
+    train_sample = read_task_examples(task.train, spec, tau_sample)
     neighbours = await retrieve_neighbours(retrieval, spec, texts)
     arrays = TaskArrays(
         gold=np.array([e.label_index for e in tests]),

@@ -7,9 +7,9 @@ load batches fill without waiting.
 **Batches in flight.** Up to ``max_in_flight`` batches are processed at once. A
 RAEE batch first waits on the retrieval service; with two in flight, the next
 batch's retrieval call runs while this one's forward pass does (the worker runs
-one forward pass at a time). Only a batch with an item that ``waits_first`` starts
-beside a running one: any other batch could only queue behind it, so it keeps
-filling until the running batch is done.
+one forward pass at a time). A batch starts beside a running one only while an
+item that ``waits_first`` is queued: any other batch could only queue behind the
+running one, so its items stay in the queue, where later callers still join them.
 
 **No wait for a lone request.** A batch waits up to ``max_wait`` for more items
 only while it is smaller than the previous batch: concurrent callers showed up
@@ -43,9 +43,9 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from raee.errors import OverloadedError
 from raee.serving.metrics import SHED
@@ -63,6 +63,7 @@ EWMA_WEIGHT = 0.2
 class _Pending(Generic[ItemT, ResultT]):
     item: ItemT
     future: asyncio.Future[ResultT]
+    waits_first: bool
 
 
 class MicroBatcher(Generic[ItemT, ResultT]):
@@ -75,8 +76,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         max_queue: int,
         drain_s: float = 0.0,
         max_in_flight: int = 1,
-        waits_first: Callable[[ItemT], bool] = lambda _item: True,
+        waits_first: Callable[[ItemT], bool] | None = None,
     ) -> None:
+        """``waits_first(item)``: whether processing the item starts with a wait elsewhere
+        (RAEE's retrieval call), which another batch's work can fill; None: every item."""
         if max_batch < 1 or max_queue < 1 or max_in_flight < 1 or max_wait_s < 0 or drain_s < 0:
             raise ValueError(
                 "max_batch, max_queue and max_in_flight must be >= 1, max_wait_s and drain_s >= 0"
@@ -84,18 +87,20 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._process = process
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
-        self._waits_first = waits_first
+        self._waits_first = waits_first or (lambda _item: True)
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.drain_s = drain_s  # 0: no drain bound
         self._callers: dict[int, deque[_Pending[ItemT, ResultT]]] = {}
         self._ids = itertools.count()
         self._queued = 0
-        self._arrived = asyncio.Event()
+        self._queued_waiting_first = 0
+        self._arrived = asyncio.Event()  # an item was queued
+        self._changed = asyncio.Event()  # an item was queued or a batch finished
+        self._forming: list[_Pending[ItemT, ResultT]] = []  # taken from the queue, not yet started
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._slot_freed = asyncio.Event()
         self._last_done = 0.0  # when the last batch finished (perf_counter)
         self._seen_large = False
         # Measured: seconds per item, and the time of one batch (None until the first batch).
@@ -111,13 +116,17 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
 
     async def drain(self, timeout_s: float) -> bool:
-        """Refuse new calls, then wait up to ``timeout_s`` for the queue to empty; True if it did."""
+        """Refuse new calls, then wait up to ``timeout_s`` for every admitted item to be
+        answered; True if they were."""
         self._closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self._queued and loop.time() < deadline:
+        while self._busy() and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        return not self._queued
+        return not self._busy()
+
+    def _busy(self) -> bool:
+        return bool(self._queued or self._forming or self._in_flight)
 
     async def close(self) -> None:
         self._closing = True
@@ -128,12 +137,11 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         for running in list(self._in_flight):
             running.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
+        _fail(self._forming, OverloadedError("the server is shutting down"))
         for queue in self._callers.values():
-            for pending in queue:
-                if not pending.future.done():
-                    pending.future.set_exception(OverloadedError("the server is shutting down"))
+            _fail(queue, OverloadedError("the server is shutting down"))
         self._callers.clear()
-        self._queued = 0
+        self._queued = self._queued_waiting_first = 0
 
     # -- admission ----------------------------------------------------------------------
 
@@ -160,7 +168,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         return (self._queued + extra_items) * self.item_s + self._running_s()
 
     def _running_s(self) -> float:
-        """What the batches being processed still need, at most: one batch time each."""
+        """What the batches being processed still need: about one batch time each."""
         assert self.batch_s is not None
         return self.batch_s * len(self._in_flight)
 
@@ -208,11 +216,15 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         """
         self._admit(len(items), deadline_s)
         loop = asyncio.get_running_loop()
-        queue: deque[_Pending[ItemT, ResultT]] = deque(_Pending(item, loop.create_future()) for item in items)
+        queue: deque[_Pending[ItemT, ResultT]] = deque(
+            _Pending(item, loop.create_future(), self._waits_first(item)) for item in items
+        )
         if queue:
             self._callers[next(self._ids)] = queue
             self._queued += len(queue)
+            self._queued_waiting_first += sum(p.waits_first for p in queue)
             self._arrived.set()
+            self._changed.set()
         return [pending.future for pending in queue]
 
     # -- the loop -----------------------------------------------------------------------
@@ -223,11 +235,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             for key in list(self._callers):
                 queue = self._callers[key]
                 while queue and queue[0].future.done():  # cancelled callers
-                    queue.popleft()
-                    self._queued -= 1
+                    self._pop(queue)
                 if queue:
-                    batch.append(queue.popleft())
-                    self._queued -= 1
+                    batch.append(self._pop(queue))
                 if not queue:
                     del self._callers[key]
                 else:  # this caller goes to the back of the line
@@ -235,16 +245,34 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 if len(batch) >= self.max_batch:
                     break
 
+    def _pop(self, queue: deque[_Pending[ItemT, ResultT]]) -> _Pending[ItemT, ResultT]:
+        pending = queue.popleft()
+        self._queued -= 1
+        self._queued_waiting_first -= pending.waits_first
+        return pending
+
     async def _next_batch(self) -> list[_Pending[ItemT, ResultT]]:
-        batch: list[_Pending[ItemT, ResultT]] = []
-        while not batch:
-            while not self._queued:
-                self._arrived.clear()
-                await self._arrived.wait()
+        """The next batch, once one may start (:meth:`_may_start`); empty if its callers went."""
+        while not self._may_start():
+            self._changed.clear()
+            await self._changed.wait()
+        batch = self._forming = []
+        try:
             self._take_round_robin(batch)
-        self.dispatched[await self._fill(batch)] += 1
+            self.dispatched[await self._fill(batch)] += 1
+        finally:
+            self._forming = []
         self._last_size = len(batch)
         return [p for p in batch if not p.future.done()]
+
+    def _may_start(self) -> bool:
+        """Whether a batch may start now: items are queued, and no batch is running, or one
+        is and there is room for another that has a wait to overlap with it."""
+        if not self._queued:
+            return False
+        if not self._in_flight:
+            return True
+        return len(self._in_flight) < self.max_in_flight and self._queued_waiting_first > 0
 
     async def _fill(self, batch: list[_Pending[ItemT, ResultT]]) -> str:
         """Add queued items to ``batch``; wait for more only while it is smaller than the last one."""
@@ -295,36 +323,25 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._running_fewer_than(self.max_in_flight)
             batch = await self._next_batch()
-            if self._in_flight and not any(self._waits_first(p.item) for p in batch):
-                await self._running_fewer_than(1)
-                self._take_round_robin(batch)
-                batch = [p for p in batch if not p.future.done()]
-                self._last_size = len(batch)
             if not batch:
                 continue
             running = loop.create_task(self._run_batch(batch), name="micro-batch")
             self._in_flight.add(running)
             running.add_done_callback(self._finished)
 
-    async def _running_fewer_than(self, batches: int) -> None:
-        while len(self._in_flight) >= batches:
-            self._slot_freed.clear()
-            await self._slot_freed.wait()
-
     def _finished(self, running: asyncio.Task[None]) -> None:
         self._in_flight.discard(running)
-        self._slot_freed.set()
+        self._changed.set()
 
     async def _run_batch(self, batch: list[_Pending[ItemT, ResultT]]) -> None:
         started = time.perf_counter()
         try:
-            results = await self._process([p.item for p in batch])
+            results = list(await self._process([p.item for p in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(f"process() answered {len(results)} items of a batch of {len(batch)}")
         except asyncio.CancelledError:  # close(): the server is going away
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(OverloadedError("the server is shutting down"))
+            _fail(batch, OverloadedError("the server is shutting down"))
             raise
         except Exception as error:  # a bug in process(): fail this batch, keep serving
             logger.exception("batch of %d failed", len(batch))
@@ -339,3 +356,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 pending.future.set_exception(result)
             else:
                 pending.future.set_result(result)
+
+
+def _fail(pending: Iterable[_Pending[Any, Any]], error: BaseException) -> None:
+    for each in pending:
+        if not each.future.done():
+            each.future.set_exception(error)

@@ -15,7 +15,7 @@ from inference_service.catalog import TaskCatalog
 from inference_service.rest import RestServer, start_rest
 from inference_service.servicer import SERVICE_NAME, InferenceServicer
 from inference_service.signals import InstrumentedBatcher, warm_up
-from inference_service.worker import InferenceWorker, waits_for_retrieval
+from inference_service.worker import InferenceWorker
 from raee.backbone import Backbone
 from raee.oip import grpc_predict_v2_pb2_grpc
 from raee.serving import tracing
@@ -149,7 +149,7 @@ async def start(settings: InferenceSettings, *, backbone: Backbone | None = None
         # Admit only what drains within the grace period (with a margin for the estimate).
         drain_s=settings.grace_s * DRAIN_MARGIN,
         max_in_flight=settings.batches_in_flight,
-        waits_first=waits_for_retrieval,
+        waits_first=worker.waits_for_retrieval,
     )
     batcher.start()
     servicer.batcher = batcher

@@ -51,7 +51,7 @@ class InstrumentedBatcher(MicroBatcher[WorkItem, Outcome]):
         max_queue: int,
         drain_s: float = 0.0,
         max_in_flight: int = 1,
-        waits_first: Callable[[WorkItem], bool] = lambda _item: True,
+        waits_first: Callable[[WorkItem], bool] | None = None,
     ) -> None:
         self._waiting: dict[int, float] = {}  # id(item) -> submitted at
         self._contexts: dict[int, tuple[Any, int]] = {}  # id(item) -> (trace context, submitted at, ns)

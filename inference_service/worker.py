@@ -11,19 +11,22 @@ For a batch of requests the worker
    (measured at ingest: cheaper than full depth, and on most tasks at least as
    accurate), or at full depth for a task without that record. After such a
    failure the worker does not ask retrieval again for ``retry_after_s``, so a
-   slow retrieval service costs one timeout, not one per batch;
+   slow retrieval service costs one timeout per batch in flight, not one per batch;
 3. groups requests by task and runs each group's forward work together, only up
    to the group's deepest exit: one pass from which each request's row leaves at
    its own exit, where the rows span two or more exits above the embeddings, and
    otherwise one pass per exit (:meth:`TaskProbe.predict_rows`).
 
+The batcher may run two batches at once (``RAEE_BATCHES_IN_FLIGHT``): one in step
+2 while the other runs its forward pass; forward passes run one at a time.
+
 With ``overlap_retrieval`` (``RAEE_OVERLAP_RETRIEVAL``) the RAEE requests of a
-batch that asks about one task start their forward pass while step 2 is in
-flight: each layer's prediction-position state is kept, and the pass stops once
-the exits are known and reached (a state already computed is read back). The
-answers equal the plain path's; whether it is faster depends on spare cores,
-since the retrieval service's encoder competes with the backbone
-(``docs/architecture.md``).
+batch that asks about one task, when no other batch is being processed, start
+their forward pass while step 2 is in flight: each layer's prediction-position
+state is kept, and the pass stops once the exits are known and reached (a state
+already computed is read back). The answers equal the plain path's; whether it is
+faster depends on spare cores, since the retrieval service's encoder competes
+with the backbone (``docs/architecture.md``).
 """
 
 from __future__ import annotations
@@ -122,13 +125,26 @@ class InferenceWorker:
         self._retrieval_down_until = 0.0
         self._tasks: dict[str, _Task] = {}
         self._probes: dict[tuple[str, str], TaskProbe] = {}
+        self._batches = 0  # batches being processed (the batcher may run two at once)
         # Torch already uses every core: one forward pass at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def waits_for_retrieval(self, item: WorkItem) -> bool:
+        """Whether the item's processing starts with a retrieval call, which the batcher can
+        overlap with another batch's forward pass."""
+        return item.mode is Mode.RAEE and time.monotonic() >= self._retrieval_down_until
+
     async def process(self, items: Sequence[WorkItem]) -> list[Outcome | BaseException]:
+        self._batches += 1
+        try:
+            return await self._process(items)
+        finally:
+            self._batches -= 1
+
+    async def _process(self, items: Sequence[WorkItem]) -> list[Outcome | BaseException]:
         BATCH_SIZE.observe(len(items))
         results: list[Outcome | BaseException | None] = [None] * len(items)
         tasks = await self._resolve_tasks({item.task for item in items})
@@ -146,7 +162,10 @@ class InferenceWorker:
                 except InvalidArgumentError as error:
                     results[index] = error
         if raee_items:
-            overlap = self._start_overlap(items, raee_items, tasks) if self.overlap_retrieval else None
+            overlap = None
+            # A speculative pass beside another batch would hold up that batch's forward pass.
+            if self.overlap_retrieval and self._batches == 1:
+                overlap = await self._start_overlap(items, raee_items, tasks)
             try:
                 await self._plan_raee(items, raee_items, tasks, plans, results)
             except BaseException:
@@ -293,7 +312,7 @@ class InferenceWorker:
         for task_name, indices in groups.items():
             GROUP_SIZE.observe(len(indices))
             task = plans[indices[0]].task
-            probe = self._probe(task_name, task)
+            probe = await self._probe(task_name, task)
             texts = [items[i].text for i in indices]
             exits = [plans[i].exit_layer for i in indices]
             try:
@@ -323,7 +342,7 @@ class InferenceWorker:
 
     # -- overlap: the forward pass during the retrieval call ----------------------------
 
-    def _start_overlap(
+    async def _start_overlap(
         self, items: Sequence[WorkItem], indices: list[int], tasks: dict[str, _Task | BaseException]
     ) -> _Overlap | None:
         """Start the RAEE items' forward pass now; only for a batch that asks about one task."""
@@ -331,7 +350,7 @@ class InferenceWorker:
         task = tasks[next(iter(names))]
         if len(names) != 1 or not isinstance(task, _Task):
             return None
-        probe = self._probe(items[indices[0]].task, task)
+        probe = await self._probe(items[indices[0]].task, task)
         texts = [items[i].text for i in indices]
         target = _Target()
         future = asyncio.get_running_loop().run_in_executor(
@@ -370,20 +389,18 @@ class InferenceWorker:
                 overlap.task, row, exit_layer, self.backbone.num_layers, plan, run.forward_ms, len(exits)
             )
 
-    def _probe(self, name: str, task: _Task) -> TaskProbe:
+    async def _probe(self, name: str, task: _Task) -> TaskProbe:
         key = (name, task.version)
         probe = self._probes.get(key)
         if probe is None:
+            # On the forward thread: building a probe tokenises, and a tokenizer must not be
+            # used by two threads at once.
+            loop = asyncio.get_running_loop()
+            probe = await loop.run_in_executor(self._executor, self.backbone.for_task, task.spec)
             for stale in [k for k in self._probes if k[0] == name]:
                 del self._probes[stale]
-            probe = self.backbone.for_task(task.spec)
             self._probes[key] = probe
         return probe
-
-
-def waits_for_retrieval(item: WorkItem) -> bool:
-    """Whether the item's processing starts with the retrieval call (and so overlaps another batch)."""
-    return item.mode is Mode.RAEE
 
 
 def _plan_fields(plan: ExitPlan, retrieval_ms: float) -> dict[str, object]:

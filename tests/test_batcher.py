@@ -27,9 +27,12 @@ class Recorder:
         return [f"done {item}" for item in items]
 
 
-async def test_a_single_call_waits_about_one_micro_batch_behind_a_big_batch() -> None:
+@pytest.mark.parametrize("in_flight", [1, 2])
+async def test_a_single_call_waits_about_one_micro_batch_behind_a_big_batch(in_flight: int) -> None:
     recorder = Recorder()
-    batcher: MicroBatcher[str, str] = MicroBatcher(recorder, max_batch=16, max_wait_s=0.0, max_queue=2048)
+    batcher: MicroBatcher[str, str] = MicroBatcher(
+        recorder, max_batch=16, max_wait_s=0.0, max_queue=2048, max_in_flight=in_flight
+    )
     batcher.start()
     try:
         big = batcher.enqueue([f"big {i}" for i in range(1024)])
@@ -40,7 +43,8 @@ async def test_a_single_call_waits_about_one_micro_batch_behind_a_big_batch() ->
     finally:
         await batcher.close()
     first_with_single = next(i for i, b in enumerate(recorder.batches) if any("single" in x for x in b))
-    assert first_with_single <= 1, "the single calls waited behind more than one micro-batch"
+    # Behind each batch in flight when they came (with two, the next one starts at once).
+    assert first_with_single <= in_flight, "the single calls waited behind more micro-batches"
     # All three single calls shared that batch with the big call's items (round robin).
     assert sum("single" in x for x in recorder.batches[first_with_single]) == 3
     assert all(len(b) <= 16 for b in recorder.batches)
@@ -189,7 +193,7 @@ async def test_a_batch_that_waits_first_starts_beside_a_running_one(in_flight: i
     assert gate.started == [["a0", "a1"], ["b0", "b1"]]
 
 
-async def test_a_batch_with_nothing_to_overlap_keeps_filling_until_the_running_one_is_done() -> None:
+async def test_only_a_queued_item_that_waits_first_starts_a_batch_beside_a_running_one() -> None:
     gate = Gate()
     batcher: MicroBatcher[str, str] = MicroBatcher(
         gate,
@@ -201,31 +205,69 @@ async def test_a_batch_with_nothing_to_overlap_keeps_filling_until_the_running_o
     )
     batcher.start()
     try:
-        running = batcher.enqueue(["raee a", "raee b"])
+        futures = batcher.enqueue(["raee a", "raee b"])
         await _until(lambda: len(gate.started) == 1)
-        early = batcher.enqueue(["full 0"])
+        futures += batcher.enqueue(["full 0"])
+        futures += batcher.enqueue(["full 1", "full 2"])
         for _ in range(50):
             await asyncio.sleep(0)
-        assert len(gate.started) == 1, "a batch that only queues behind the running one started"
-        late = batcher.enqueue(["full 1", "full 2"])  # arrives while it waits: joins it
+        # They could only queue behind the running batch: they stay in the queue.
+        assert len(gate.started) == 1, "a batch with nothing to overlap started beside the running one"
+        futures += batcher.enqueue(["raee c"])
+        await _until(lambda: len(gate.started) == 2)  # while the first batch still runs
+        assert gate.finished == []
+        assert gate.started[1] == ["full 0", "full 1", "raee c", "full 2"]  # round robin
         gate.open.set()
-        await asyncio.gather(*running, *early, *late)
-        mixed = batcher.enqueue(["raee c"])  # an item that waits first starts beside a running batch
-        assert await asyncio.gather(*mixed) == ["done raee c"]
+        assert len(await asyncio.gather(*futures)) == 6
     finally:
         await batcher.close()
-    assert gate.started[:2] == [["raee a", "raee b"], ["full 0", "full 1", "full 2"]]
 
 
-async def test_close_fails_the_batches_in_flight() -> None:
+async def test_close_fails_the_batches_in_flight_and_the_queue() -> None:
     gate = Gate()  # never opens
     batcher: MicroBatcher[str, str] = MicroBatcher(
-        gate, max_batch=1, max_wait_s=0.0, max_queue=100, max_in_flight=2
+        gate,
+        max_batch=1,
+        max_wait_s=0.0,
+        max_queue=100,
+        max_in_flight=2,
+        waits_first=lambda item: item != "full",
     )
     batcher.start()
-    futures = batcher.enqueue(["a"]) + batcher.enqueue(["b"]) + batcher.enqueue(["c"])
+    futures = batcher.enqueue(["a"]) + batcher.enqueue(["b"]) + batcher.enqueue(["full"])
     await _until(lambda: len(gate.started) == 2)
     await batcher.close()
     for future in futures:  # two were running, one was queued: every caller hears back
         with pytest.raises(OverloadedError, match="shutting down"):
             await future
+
+
+async def test_drain_waits_for_the_running_batch() -> None:
+    gate = Gate()
+    batcher: MicroBatcher[str, str] = MicroBatcher(gate, max_batch=4, max_wait_s=0.0, max_queue=100)
+    batcher.start()
+    try:
+        (future,) = batcher.enqueue(["a"])
+        await _until(lambda: len(gate.started) == 1)
+        assert not await batcher.drain(0.1)  # the queue is empty, but "a" is not answered
+        gate.open.set()
+        assert await batcher.drain(5.0)
+        assert future.result() == "done a"
+    finally:
+        await batcher.close()
+
+
+async def test_a_process_that_answers_too_few_items_fails_the_batch() -> None:
+    async def short(items: Sequence[str]) -> list[str]:
+        return ["only one"]
+
+    batcher: MicroBatcher[str, str] = MicroBatcher(short, max_batch=4, max_wait_s=0.0, max_queue=100)
+    futures = batcher.enqueue(["a", "b"])
+    batcher.start()
+    try:
+        for future in futures:
+            with pytest.raises(RuntimeError, match="answered 1 items of a batch of 2"):
+                await future
+        assert await batcher.submit("c") == "only one"  # it keeps serving
+    finally:
+        await batcher.close()

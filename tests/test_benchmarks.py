@@ -198,9 +198,10 @@ def test_batches_in_flight_times_both_settings_in_both_modes(tmp_path: Path) -> 
     rps = pair["rps"]
     assert set(rps) == {"1", "2"} and all(rate > 0 for s in rps.values() for rate in s.values())
     for mode in ("raee", "full"):
-        assert pair["two_over_one"][mode] == pytest.approx(rps["2"][mode] / rps["1"][mode], rel=1e-2)
+        # Both from requests/s rounded to two decimals.
+        assert pair["two_over_one"][mode] == pytest.approx(rps["2"][mode] / rps["1"][mode], rel=3e-2)
     for setting in ("1", "2"):
         assert pair["raee_over_full"][setting] == pytest.approx(
-            rps[setting]["raee"] / rps[setting]["full"], rel=1e-2
+            rps[setting]["raee"] / rps[setting]["full"], rel=3e-2
         )
     assert report["mean"]["two_over_one"] == pair["two_over_one"]
