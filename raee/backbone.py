@@ -123,10 +123,13 @@ class Backbone:
             self._drops_rows = self.tokenizer.padding_side == "right" and self._check_row_dropping()
         return self._drops_rows
 
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
     def pad(self, ids: Sequence[Sequence[int]]) -> BatchEncoding:
         """Token ids as one padded batch, on the tokenizer's side."""
-        pad_id = int(self.tokenizer.pad_token_id or 0)
-        return _padded(ids, pad_id, left=self.tokenizer.padding_side == "left")
+        return _padded(ids, self.pad_id, left=self.tokenizer.padding_side == "left")
 
     @torch.inference_mode()
     def _check_row_dropping(self) -> bool:
@@ -182,7 +185,7 @@ class Backbone:
         """
         if encoded["input_ids"].shape[1] == len(exits):
             # As many columns as rows: a layer input's rows are told from its sequence by size.
-            encoded = _with_pad_column(encoded, int(self.tokenizer.pad_token_id or 0))
+            encoded = _with_pad_column(encoded, self.pad_id)
         dropping = _DroppingRows(exits, positions, encoded["attention_mask"].sum(dim=1))
         with dropping.hooked(self.layers):
             self._call(encoded)
