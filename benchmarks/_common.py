@@ -7,11 +7,12 @@ folder on ``sys.path``; they import this module as ``_common``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,12 @@ from raee.data import Example, read_examples
 from raee.tasks import TaskSpec
 
 if TYPE_CHECKING:
+    from evaluation.runner import EvalTask
     from raee.encoder import QueryEncoder
+    from raee_cli.pair import ServicePair
+
+# The eval's 16-client round runs in two modes; their ratio is its throughput_ratio_16.
+LOAD_MODES = ("raee", "full")
 
 
 def task_parser(doc: str | None, task: str = "sst2", data: Path | None = None) -> argparse.ArgumentParser:
@@ -81,3 +87,108 @@ def encoder_running(encoder: QueryEncoder, graph: Path) -> QueryEncoder:
     other = copy.copy(encoder)
     other._run_onnx = functools.partial(encoder_onnx.run, encoder_onnx.session(graph))
     return other
+
+
+def load_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser with the flags of a benchmark that loads the eval's pair of services with the
+    eval's concurrent clients: ``--pair`` (repeatable), ``--data-root``, ``--home``,
+    ``--train-limit``, ``--clients``, ``--per-client``, ``--rounds`` and ``--out``."""
+    from evaluation.runner import THROUGHPUT_CLIENTS
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pair", action="append", required=True, help="family/task, e.g. cloze/mr")
+    parser.add_argument("--data-root", type=Path, default=Path("benchmarks/data"))
+    parser.add_argument("--home", type=Path, default=Path(".raee"), help="the embedded store's folder")
+    parser.add_argument("--train-limit", type=int, default=2000, help="as raee eval (make results)")
+    parser.add_argument("--clients", type=int, default=THROUGHPUT_CLIENTS)
+    parser.add_argument("--per-client", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per setting and mode")
+    parser.add_argument("--out", type=Path)
+    return parser
+
+
+@contextlib.asynccontextmanager
+async def eval_pair(args: argparse.Namespace) -> AsyncIterator[tuple[ServicePair, list[EvalTask]]]:
+    """The eval's pair of services on the embedded store at ``args.home``, serving ``args.pair``
+    (ingested as ``raee eval`` ingests them, or reused when already there)."""
+    from evaluation.runner import EVAL_RETRIEVAL_TIMEOUT_MS, benchmark_tasks, ensure_ingested
+    from raee.backbone import Backbone
+    from raee.defaults import DEFAULT_BACKBONE
+    from raee.encoder import QueryEncoder
+    from raee.settings import InferenceSettings, RetrievalSettings
+    from raee.store import open_store
+    from raee_cli.pair import start_pair
+
+    backbone = Backbone.load(DEFAULT_BACKBONE)
+    encoder = QueryEncoder()
+    store = open_store(home=args.home)
+    tasks = []
+    try:
+        for family, name in (p.split("/") for p in args.pair):
+            (task,) = benchmark_tasks(args.data_root, [family], [name])
+            ensure_ingested(
+                task, backbone=backbone, encoder=encoder, store=store, train_limit=args.train_limit
+            )
+            tasks.append(task)
+    finally:
+        store.close()
+    pair = await start_pair(
+        RetrievalSettings(port=0, metrics_port=0, home=args.home),
+        InferenceSettings(
+            port=0,
+            metrics_port=0,
+            http_port=-1,
+            grace_s=600.0,
+            retrieval_timeout_ms=EVAL_RETRIEVAL_TIMEOUT_MS,
+        ),
+        backbone=backbone,
+        encoder=encoder,
+    )
+    try:
+        yield pair, tasks
+    finally:
+        await pair.stop()
+
+
+def load_texts(task: EvalTask, count: int) -> list[str]:
+    """The test texts the eval's timed rounds send for ``task``."""
+    from evaluation.runner import read_task_examples, speed_sample
+
+    tests = read_task_examples(task.test, task.spec, None)
+    return [tests[i].text for i in speed_sample(len(tests), count)]
+
+
+async def interleaved_rates(
+    pair: ServicePair,
+    task: str,
+    texts: list[str],
+    settings: Mapping[str, Callable[[], None]],
+    args: argparse.Namespace,
+) -> dict[str, dict[str, float]]:
+    """Median requests/s of ``args.clients`` callers per setting and mode.
+
+    ``settings`` maps each setting's name to what switches the services to it. Each
+    round runs every setting, in alternating order, and under each setting a RAEE
+    round, then a FULL one, as the eval alternates them
+    (:func:`~evaluation.runner.clients_rate`).
+    """
+    import grpc
+    import numpy as np
+
+    from evaluation.runner import clients_rate
+    from raee.v1 import inference_pb2_grpc
+
+    rates: dict[str, dict[str, list[float]]] = {name: {m: [] for m in LOAD_MODES} for name in settings}
+    async with grpc.aio.insecure_channel(pair.inference_address) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        await clients_rate(stub, task, texts, "raee", clients=args.clients, per_client=1)  # warm-up
+        order = list(settings)
+        for round_ in range(args.rounds):
+            for name in order if round_ % 2 == 0 else order[::-1]:
+                settings[name]()
+                for mode in LOAD_MODES:
+                    rate = await clients_rate(
+                        stub, task, texts, mode, clients=args.clients, per_client=args.per_client
+                    )
+                    rates[name][mode].append(rate)
+    return {name: {m: float(np.median(rates[name][m])) for m in LOAD_MODES} for name in settings}

@@ -12,12 +12,25 @@ item that ``waits_first`` is queued: any other batch could only queue behind the
 running one, so its items stay in the queue, where later callers still join them.
 
 **No wait for a lone request.** A batch waits up to ``max_wait`` for more items
-only while it is smaller than the previous batch: concurrent callers showed up
-last time, so more are likely on their way. After a batch of one (and at
-start) a lone request is dispatched at once: with nobody else around, the
-window would only add its length to every call. :attr:`MicroBatcher.dispatched`
-counts why each batch left (``full``, ``expected``: as large as the previous
-one, ``window``: the wait ran out).
+only while it is smaller than the company seen lately: the previous batch, or
+the most requests open at once (queued or being processed) since that batch
+started. Concurrent callers showed up then, so more are likely on their way.
+After a batch of one (and at start) a lone request is dispatched at once: with
+nobody else around, the window would only add its length to every call.
+:attr:`MicroBatcher.dispatched` counts why each batch left (``full``,
+``expected``: as large as that company, ``window``: the wait ran out).
+
+**Whole cohorts.** Callers that send their next request as soon as they have an
+answer (a client with a fixed number of workers) would otherwise settle into
+cohorts: 16 of them into two batches of 8 that take turns, because each batch
+leaves once it is as large as the previous one. Counting the requests open at
+once sees all 16, so a batch of 8 waits (up to ``max_wait``) for the other
+cohort's callers to come back with their next requests, and the two merge into
+one batch of 16, which costs less per item than two of 8
+(``benchmarks/cohorts.py``). Where callers do not come back (each request a new
+client), that wait only runs out: after a wait for open requests that added no
+item, the batcher goes by the previous batch alone for the next
+``COHORT_COOLDOWN`` batches.
 
 **Fairness.** Each call is a *caller* with its own queue (a ClassifyBatch call is
 one caller with many items). A batch takes one item from each waiting caller in
@@ -57,6 +70,8 @@ ResultT = TypeVar("ResultT")
 
 # Weight of the newest measurement in the moving averages of batch times.
 EWMA_WEIGHT = 0.2
+# Batches that go by the previous batch's size alone after a wait for open requests added nothing.
+COHORT_COOLDOWN = 8
 
 
 @dataclass
@@ -77,9 +92,12 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         drain_s: float = 0.0,
         max_in_flight: int = 1,
         waits_first: Callable[[ItemT], bool] | None = None,
+        merge_cohorts: bool = True,
     ) -> None:
         """``waits_first(item)``: whether processing the item starts with a wait elsewhere
-        (RAEE's retrieval call), which another batch's work can fill; None: every item."""
+        (RAEE's retrieval call), which another batch's work can fill; None: every item.
+        ``merge_cohorts``: wait for the requests open at once, not only the previous
+        batch's size (module doc, "Whole cohorts")."""
         if max_batch < 1 or max_queue < 1 or max_in_flight < 1 or max_wait_s < 0 or drain_s < 0:
             raise ValueError(
                 "max_batch, max_queue and max_in_flight must be >= 1, max_wait_s and drain_s >= 0"
@@ -89,6 +107,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self.max_in_flight = max_in_flight
         self._waits_first = waits_first or (lambda _item: True)
         self.max_wait_s = max_wait_s
+        self.merge_cohorts = merge_cohorts
         self.max_queue = max_queue
         self.drain_s = drain_s  # 0: no drain bound
         self._callers: dict[int, deque[_Pending[ItemT, ResultT]]] = {}
@@ -101,6 +120,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._running_items = 0  # items of the running batches, until they are answered
+        # The most items open at once (queued, forming or running) since the last batch started.
+        self._peak_open = 0
+        self._cohort_cooldown = 0
         self._last_done = 0.0  # when the last batch finished (perf_counter)
         self._seen_large = False
         # Measured: seconds per item, and the time of one batch (None until the first batch).
@@ -223,6 +246,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             self._callers[next(self._ids)] = queue
             self._queued += len(queue)
             self._queued_waiting_first += sum(p.waits_first for p in queue)
+            self._peak_open = max(self._peak_open, self._open_items())
             self._arrived.set()
             self._changed.set()
         return [pending.future for pending in queue]
@@ -265,6 +289,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._last_size = len(batch)
         return [p for p in batch if not p.future.done()]
 
+    def _open_items(self) -> int:
+        """Items admitted and not yet answered: queued, in the batch being formed, or running."""
+        return self._queued + len(self._forming) + self._running_items
+
     def _may_start(self) -> bool:
         """Whether a batch may start now: items are queued, and no batch is running, or one
         is and there is room for another that has a wait to overlap with it."""
@@ -275,8 +303,12 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         return len(self._in_flight) < self.max_in_flight and self._queued_waiting_first > 0
 
     async def _fill(self, batch: list[_Pending[ItemT, ResultT]]) -> str:
-        """Add queued items to ``batch``; wait for more only while it is smaller than the last one."""
-        expected = min(self.max_batch, self._last_size)
+        """Add queued items to ``batch``; wait for more only while it is smaller than the company
+        seen lately (:meth:`_expected`)."""
+        by_last_batch_only = self._cohort_cooldown > 0 or not self.merge_cohorts
+        if self._cohort_cooldown:
+            self._cohort_cooldown -= 1
+        waiting_for_open_from: int | None = None  # batch size when only open requests kept it waiting
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
         while True:
@@ -285,14 +317,24 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             if self._queued:
                 self._take_round_robin(batch)
                 continue
-            if len(batch) >= expected:
+            if len(batch) >= self._expected(by_last_batch_only):
                 return "expected"
+            if waiting_for_open_from is None and len(batch) >= self._last_size:
+                waiting_for_open_from = len(batch)
             remaining = deadline - loop.time()
             if remaining <= 0:
+                if waiting_for_open_from == len(batch):  # nobody came back: callers do not return
+                    self._cohort_cooldown = COHORT_COOLDOWN
                 return "window"
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
+
+    def _expected(self, by_last_batch_only: bool) -> int:
+        """The batch size worth waiting for: the previous batch's, or the most items open at once
+        since it started (the callers of a running batch come back when answered)."""
+        company = self._last_size if by_last_batch_only else max(self._last_size, self._peak_open)
+        return min(self.max_batch, company)
 
     def _measure(self, size: int, seconds: float) -> None:
         """Update the estimates; the first batch (cold caches, first connections) is not used.
@@ -329,6 +371,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             running = loop.create_task(self._run_batch(batch), name="micro-batch")
             self._in_flight.add(running)
             running.add_done_callback(self._finished)
+            self._running_items += len(batch)
+            self._peak_open = self._open_items()  # a new window on the company
 
     def _finished(self, running: asyncio.Task[None]) -> None:
         self._in_flight.discard(running)
@@ -341,6 +385,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             if len(results) != len(batch):
                 raise RuntimeError(f"process() answered {len(results)} items of a batch of {len(batch)}")
         except asyncio.CancelledError:  # close(): the server is going away
+            self._running_items -= len(batch)
             _fail(batch, OverloadedError("the server is shutting down"))
             raise
         except Exception as error:  # a bug in process(): fail this batch, keep serving
@@ -349,6 +394,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         done = time.perf_counter()
         self._measure(len(batch), done - max(started, self._last_done))
         self._last_done = done
+        # Before the answers: a caller may send its next request as soon as it has one.
+        self._running_items -= len(batch)
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():
                 continue

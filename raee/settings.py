@@ -175,7 +175,10 @@ class InferenceSettings(ServiceSettings):
     backbone: str = env("RAEE_BACKBONE", DEFAULT_BACKBONE, "backbone: gemma-3-270m, .gguf, folder, hub id")
     max_batch: int = env("RAEE_MAX_BATCH", 16, "most requests in one micro-batch", ge=1)
     max_wait_ms: float = env(
-        "RAEE_MAX_WAIT_MS", 5.0, "longest a batch waits to fill (only after a larger batch)", ge=0
+        "RAEE_MAX_WAIT_MS",
+        5.0,
+        "longest a batch waits to fill (only while smaller than the last batch or the requests open at once)",
+        ge=0,
     )
     batches_in_flight: int = env(
         "RAEE_BATCHES_IN_FLIGHT",

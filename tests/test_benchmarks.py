@@ -205,3 +205,19 @@ def test_batches_in_flight_times_both_settings_in_both_modes(tmp_path: Path) -> 
             rps[setting]["raee"] / rps[setting]["full"], rel=3e-2
         )
     assert report["mean"]["two_over_one"] == pair["two_over_one"]
+
+
+def test_cohorts_times_the_rule_on_and_off_in_both_modes(tmp_path: Path) -> None:
+    args = ("--pair", "cloze/sst2", "--home", str(tmp_path / "home"), "--train-limit", "24")
+    load = ("--clients", "4", "--per-client", "1", "--rounds", "1")
+    report = run_benchmark("cohorts", *args, *load, out=tmp_path / "r.json")
+    (pair,) = report["pairs"].values()
+    rps = pair["rps"]
+    assert set(rps) == {"off", "on"} and all(rate > 0 for s in rps.values() for rate in s.values())
+    for mode in ("raee", "full"):
+        assert pair["on_over_off"][mode] == pytest.approx(rps["on"][mode] / rps["off"][mode], rel=3e-2)
+    for setting in ("off", "on"):
+        assert pair["raee_over_full"][setting] == pytest.approx(
+            rps[setting]["raee"] / rps[setting]["full"], rel=3e-2
+        )
+    assert report["mean"]["on_over_off"] == pair["on_over_off"]
