@@ -21,7 +21,9 @@ from raee.tasks import TaskSpec
 
 if TYPE_CHECKING:
     from evaluation.runner import EvalTask
+    from inference_service.server import InferenceServer
     from raee.encoder import QueryEncoder
+    from raee.settings import InferenceSettings
     from raee_cli.pair import ServicePair
 
 # The eval's 16-client round runs in two modes; their ratio is its throughput_ratio_16.
@@ -111,11 +113,11 @@ def load_parser(doc: str | None) -> argparse.ArgumentParser:
 async def eval_pair(args: argparse.Namespace) -> AsyncIterator[tuple[ServicePair, list[EvalTask]]]:
     """The eval's pair of services on the embedded store at ``args.home``, serving ``args.pair``
     (ingested as ``raee eval`` ingests them, or reused when already there)."""
-    from evaluation.runner import EVAL_RETRIEVAL_TIMEOUT_MS, benchmark_tasks, ensure_ingested
+    from evaluation.runner import benchmark_tasks, ensure_ingested
     from raee.backbone import Backbone
     from raee.defaults import DEFAULT_BACKBONE
     from raee.encoder import QueryEncoder
-    from raee.settings import InferenceSettings, RetrievalSettings
+    from raee.settings import RetrievalSettings
     from raee.store import open_store
     from raee_cli.pair import start_pair
 
@@ -134,13 +136,7 @@ async def eval_pair(args: argparse.Namespace) -> AsyncIterator[tuple[ServicePair
         store.close()
     pair = await start_pair(
         RetrievalSettings(port=0, metrics_port=0, home=args.home),
-        InferenceSettings(
-            port=0,
-            metrics_port=0,
-            http_port=-1,
-            grace_s=600.0,
-            retrieval_timeout_ms=EVAL_RETRIEVAL_TIMEOUT_MS,
-        ),
+        eval_worker_settings(),
         backbone=backbone,
         encoder=encoder,
     )
@@ -148,6 +144,30 @@ async def eval_pair(args: argparse.Namespace) -> AsyncIterator[tuple[ServicePair
         yield pair, tasks
     finally:
         await pair.stop()
+
+
+def eval_worker_settings() -> InferenceSettings:
+    """The eval's worker: a private pair, so a long grace period (the drain-bound admission
+    never sheds a round on a slow machine) and the eval's retrieval deadline."""
+    from evaluation.runner import EVAL_RETRIEVAL_TIMEOUT_MS
+    from raee.settings import InferenceSettings
+
+    return InferenceSettings(
+        port=0, metrics_port=0, http_port=-1, grace_s=600.0, retrieval_timeout_ms=EVAL_RETRIEVAL_TIMEOUT_MS
+    )
+
+
+@contextlib.asynccontextmanager
+async def second_worker(pair: ServicePair) -> AsyncIterator[InferenceServer]:
+    """Another worker as the eval's, on the same backbone, calling ``pair``'s retrieval service."""
+    from inference_service import server as inference_server
+
+    settings = eval_worker_settings().model_copy(update={"retrieval_addr": pair.retrieval_address})
+    worker = await inference_server.start(settings, backbone=pair.inference.worker.backbone)
+    try:
+        yield worker
+    finally:
+        await worker.stop(5.0)
 
 
 def load_texts(task: EvalTask, count: int) -> list[str]:
@@ -159,18 +179,17 @@ def load_texts(task: EvalTask, count: int) -> list[str]:
 
 
 async def interleaved_rates(
-    pair: ServicePair,
     task: str,
     texts: list[str],
-    settings: Mapping[str, Callable[[], None]],
+    settings: Mapping[str, Callable[[], str]],
     args: argparse.Namespace,
 ) -> dict[str, dict[str, float]]:
     """Median requests/s of ``args.clients`` callers per setting and mode.
 
-    ``settings`` maps each setting's name to what switches the services to it. Each
-    round runs every setting, in alternating order, and under each setting a RAEE
-    round, then a FULL one, as the eval alternates them
-    (:func:`~evaluation.runner.clients_rate`).
+    ``settings`` maps each setting's name to what switches to it and returns the
+    address of the worker to call. Each round runs every setting, in alternating
+    order, and under each setting a RAEE round, then a FULL one, as the eval
+    alternates them (:func:`~evaluation.runner.clients_rate`).
     """
     import grpc
     import numpy as np
@@ -179,16 +198,23 @@ async def interleaved_rates(
     from raee.v1 import inference_pb2_grpc
 
     rates: dict[str, dict[str, list[float]]] = {name: {m: [] for m in LOAD_MODES} for name in settings}
-    async with grpc.aio.insecure_channel(pair.inference_address) as channel:
-        stub = inference_pb2_grpc.InferenceServiceStub(channel)
-        await clients_rate(stub, task, texts, "raee", clients=args.clients, per_client=1)  # warm-up
+    channels: dict[str, grpc.aio.Channel] = {}
+    try:
+        for switch in settings.values():  # warm-up, each worker
+            address = switch()
+            channels.setdefault(address, grpc.aio.insecure_channel(address))
+            stub = inference_pb2_grpc.InferenceServiceStub(channels[address])
+            await clients_rate(stub, task, texts, "raee", clients=args.clients, per_client=1)
         order = list(settings)
         for round_ in range(args.rounds):
             for name in order if round_ % 2 == 0 else order[::-1]:
-                settings[name]()
+                stub = inference_pb2_grpc.InferenceServiceStub(channels[settings[name]()])
                 for mode in LOAD_MODES:
                     rate = await clients_rate(
                         stub, task, texts, mode, clients=args.clients, per_client=args.per_client
                     )
                     rates[name][mode].append(rate)
+    finally:
+        for channel in channels.values():
+            await channel.close()
     return {name: {m: float(np.median(rates[name][m])) for m in LOAD_MODES} for name in settings}

@@ -32,8 +32,9 @@ from raee_cli.pair import ServicePair
 SETTINGS = (1, 2)
 
 
-def in_flight(pair: ServicePair, batches: int) -> None:
+def in_flight(pair: ServicePair, batches: int) -> str:
     pair.inference.batcher.max_in_flight = batches  # read before each batch starts
+    return pair.inference_address
 
 
 async def run(args: Any) -> dict[str, Any]:
@@ -48,7 +49,7 @@ async def run(args: Any) -> dict[str, Any]:
         for task in tasks:
             texts = load_texts(task, args.clients * args.per_client)
             settings = {str(k): functools.partial(in_flight, pair, k) for k in SETTINGS}
-            median = await interleaved_rates(pair, task.spec.name, texts, settings, args)
+            median = await interleaved_rates(task.spec.name, texts, settings, args)
             report["pairs"][f"{task.family}/{task.task}"] = {
                 "rps": {k: {m: round(median[k][m], 2) for m in LOAD_MODES} for k in median},
                 "raee_over_full": {k: round(median[k]["raee"] / median[k]["full"], 3) for k in median},

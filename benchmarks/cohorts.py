@@ -7,9 +7,12 @@ now also counts the requests open at once and waits (up to ``RAEE_MAX_WAIT_MS``)
 for the callers of the batch that just finished, so the cohorts merge into one
 batch of 16 (``inference_service/batcher.py``, "Whole cohorts"). For each
 task/template pair this serves the eval's pair of services on the embedded
-store and runs rounds of ``--clients`` callers (the eval's
-:func:`~evaluation.runner.clients_rate`) in RAEE and FULL mode, switching the
-rule on and off round by round, in alternating order. It reports each setting's
+store, with a second worker beside the first that has the rule off, and runs
+rounds of ``--clients`` callers (the eval's :func:`~evaluation.runner.clients_rate`)
+in RAEE and FULL mode against each worker in turn, in alternating order. Each
+worker keeps its own history from round to round, as the eval's one worker does:
+once callers have merged, the old rule also keeps them together, so switching one
+worker between the rules would mostly time merged cohorts under both. It reports each setting's
 median requests/s per mode, RAEE ÷ FULL (the eval's ``throughput_ratio_16``)
 and on ÷ off per mode.
 
@@ -24,19 +27,17 @@ from ``--home`` when already there. Prints one JSON object (also written to
 from __future__ import annotations
 
 import asyncio
-import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from _common import LOAD_MODES, emit, eval_pair, interleaved_rates, load_parser, load_texts
-
-from raee_cli.pair import ServicePair
+from _common import LOAD_MODES, emit, eval_pair, interleaved_rates, load_parser, load_texts, second_worker
 
 SETTINGS = ("off", "on")
 
 
-def merging(pair: ServicePair, on: bool) -> None:
-    pair.inference.batcher.merge_cohorts = on  # read as each batch fills
+def _calling(address: str) -> Callable[[], str]:
+    return lambda: address
 
 
 async def run(args: Any) -> dict[str, Any]:
@@ -47,11 +48,15 @@ async def run(args: Any) -> dict[str, Any]:
         "train_limit": args.train_limit,
         "pairs": {},
     }
-    async with eval_pair(args) as (pair, tasks):
+    async with eval_pair(args) as (pair, tasks), second_worker(pair) as without:
+        # Two workers, one per setting, so that each sees the eval's sequence of rounds and
+        # keeps its own history (the batch sizes it settled into) from round to round.
+        without.batcher.merge_cohorts = False
+        addresses = {"off": f"localhost:{without.port}", "on": pair.inference_address}
+        settings = {name: _calling(address) for name, address in addresses.items()}
         for task in tasks:
             texts = load_texts(task, args.clients * args.per_client)
-            settings = {name: functools.partial(merging, pair, name == "on") for name in SETTINGS}
-            median = await interleaved_rates(pair, task.spec.name, texts, settings, args)
+            median = await interleaved_rates(task.spec.name, texts, settings, args)
             report["pairs"][f"{task.family}/{task.task}"] = {
                 "rps": {k: {m: round(median[k][m], 2) for m in LOAD_MODES} for k in SETTINGS},
                 "raee_over_full": {k: round(median[k]["raee"] / median[k]["full"], 3) for k in SETTINGS},

@@ -146,30 +146,17 @@ async def test_after_a_larger_batch_the_next_one_waits_for_company() -> None:
     assert batcher.dispatched == {"expected": 2}
 
 
-class Recording:
-    """A process function that records each batch and answers when its gate is open."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.batches: list[list[str]] = []
-
-    async def __call__(self, items: Sequence[str]) -> list[str]:
-        self.batches.append(list(items))
-        await self.gate.wait()
-        return [f"done {item}" for item in items]
-
-
 async def test_a_batch_waits_for_the_callers_of_the_running_one_to_come_back() -> None:
-    process = Recording()
+    process = Gate()
     # A 60 s window: a batch that waited for callers who never came would time the test out.
     batcher: MicroBatcher[str, str] = MicroBatcher(process, max_batch=8, max_wait_s=60.0, max_queue=100)
     batcher.start()
     try:
         first = asyncio.ensure_future(batcher.submit("first"))
-        await _until(lambda: len(process.batches) == 1)  # "first" runs alone
+        await _until(lambda: len(process.started) == 1)  # "first" runs alone
         burst = [asyncio.ensure_future(batcher.submit(f"b{i}")) for i in range(3)]  # four open at once
         await _until(lambda: batcher.queued == 3)
-        process.gate.set()
+        process.open.set()
         assert await asyncio.wait_for(first, timeout=10.0) == "done first"
         # Its caller sends the next request at once, and the three queued requests waited for it.
         again = await asyncio.wait_for(batcher.submit("first again"), timeout=10.0)
@@ -177,7 +164,7 @@ async def test_a_batch_waits_for_the_callers_of_the_running_one_to_come_back() -
         await asyncio.wait_for(asyncio.gather(*burst), timeout=10.0)
     finally:
         await batcher.close()
-    assert process.batches == [["first"], ["b0", "b1", "b2", "first again"]]
+    assert process.started == [["first"], ["b0", "b1", "b2", "first again"]]
     assert batcher.dispatched == {"expected": 2}
 
 
@@ -209,36 +196,36 @@ async def test_callers_that_come_back_at_once_merge_into_whole_batches(in_flight
 
 
 async def test_when_callers_do_not_come_back_the_batcher_stops_waiting_for_them() -> None:
-    process = Recording()
+    process = Gate()
     batcher: MicroBatcher[str, str] = MicroBatcher(process, max_batch=4, max_wait_s=0.05, max_queue=100)
     batcher.start()
 
     async def burst_behind(alone: str, burst: list[str]) -> None:
         """``alone`` runs by itself while ``burst`` queues behind it; nobody sends a next request."""
-        process.gate.clear()
+        process.open.clear()
         first = asyncio.ensure_future(batcher.submit(alone))
-        await _eventually(lambda: process.batches[-1:] == [[alone]])
+        await _eventually(lambda: process.started[-1:] == [[alone]])
         rest = [asyncio.ensure_future(batcher.submit(item)) for item in burst]
         await _eventually(lambda: batcher.queued == len(burst))
-        process.gate.set()
+        process.open.set()
         await asyncio.wait_for(asyncio.gather(first, *rest), timeout=10.0)
 
     try:
         # Four were open at once, so the burst waits the window for the lone caller, in vain.
         await burst_behind("one alone", ["one 0", "one 1", "one 2"])
         assert batcher.dispatched == {"expected": 1, "window": 1}
-        process.gate.clear()
+        process.open.clear()
         alone = asyncio.ensure_future(batcher.submit("two alone"))  # waits the window: the last batch had 3
-        await _eventually(lambda: process.batches[-1:] == [["two alone"]])
+        await _eventually(lambda: process.started[-1:] == [["two alone"]])
         batcher.max_wait_s = 60.0  # from now on, a wait for open requests would time the test out
         rest = [asyncio.ensure_future(batcher.submit(f"two {i}")) for i in range(3)]
         await _eventually(lambda: batcher.queued == 3)
-        process.gate.set()
+        process.open.set()
         await asyncio.wait_for(asyncio.gather(alone, *rest), timeout=10.0)
     finally:
         await batcher.close()
     assert batcher.dispatched == {"expected": 2, "window": 2}
-    assert process.batches[-1] == ["two 0", "two 1", "two 2"]
+    assert process.started[-1] == ["two 0", "two 1", "two 2"]
 
 
 async def _eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
