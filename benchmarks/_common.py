@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from evaluation.runner import EvalTask
     from inference_service.server import InferenceServer
     from raee.encoder import QueryEncoder
-    from raee.settings import InferenceSettings
     from raee_cli.pair import ServicePair
 
 # The eval's 16-client round runs in two modes; their ratio is its throughput_ratio_16.
@@ -113,7 +112,7 @@ def load_parser(doc: str | None) -> argparse.ArgumentParser:
 async def eval_pair(args: argparse.Namespace) -> AsyncIterator[tuple[ServicePair, list[EvalTask]]]:
     """The eval's pair of services on the embedded store at ``args.home``, serving ``args.pair``
     (ingested as ``raee eval`` ingests them, or reused when already there)."""
-    from evaluation.runner import benchmark_tasks, ensure_ingested
+    from evaluation.runner import benchmark_tasks, ensure_ingested, eval_worker_settings
     from raee.backbone import Backbone
     from raee.defaults import DEFAULT_BACKBONE
     from raee.encoder import QueryEncoder
@@ -146,20 +145,10 @@ async def eval_pair(args: argparse.Namespace) -> AsyncIterator[tuple[ServicePair
         await pair.stop()
 
 
-def eval_worker_settings() -> InferenceSettings:
-    """The eval's worker: a private pair, so a long grace period (the drain-bound admission
-    never sheds a round on a slow machine) and the eval's retrieval deadline."""
-    from evaluation.runner import EVAL_RETRIEVAL_TIMEOUT_MS
-    from raee.settings import InferenceSettings
-
-    return InferenceSettings(
-        port=0, metrics_port=0, http_port=-1, grace_s=600.0, retrieval_timeout_ms=EVAL_RETRIEVAL_TIMEOUT_MS
-    )
-
-
 @contextlib.asynccontextmanager
 async def second_worker(pair: ServicePair) -> AsyncIterator[InferenceServer]:
     """Another worker as the eval's, on the same backbone, calling ``pair``'s retrieval service."""
+    from evaluation.runner import eval_worker_settings
     from inference_service import server as inference_server
 
     settings = eval_worker_settings().model_copy(update={"retrieval_addr": pair.retrieval_address})

@@ -458,6 +458,15 @@ async def evaluate_task(
     }
 
 
+def eval_worker_settings() -> InferenceSettings:
+    """The eval's worker: an offline run with a private pair, so a long grace period (the
+    worker's drain-bound admission never sheds a chunk on a slow machine) and the eval's
+    retrieval deadline."""
+    return InferenceSettings(
+        port=0, metrics_port=0, http_port=-1, grace_s=600.0, retrieval_timeout_ms=EVAL_RETRIEVAL_TIMEOUT_MS
+    )
+
+
 async def run_eval(
     tasks: Sequence[EvalTask],
     *,
@@ -480,11 +489,7 @@ async def run_eval(
     encoder = QueryEncoder(encoder_source)
     store = open_store(home=home)
     retrieval_config = RetrievalSettings(port=0, metrics_port=0, home=home, encoder=encoder_source)
-    # An offline run with a private pair: a long grace period, so that the worker's
-    # drain-bound admission never sheds a chunk on a slow machine.
-    inference_config = InferenceSettings(
-        port=0, metrics_port=0, http_port=-1, grace_s=600.0, retrieval_timeout_ms=EVAL_RETRIEVAL_TIMEOUT_MS
-    )
+    inference_config = eval_worker_settings()
     pair: RunningPair
     if retrieval_process:
         pair = await start_process_pair(retrieval_config, inference_config, backbone=backbone)
