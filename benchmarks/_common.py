@@ -12,7 +12,7 @@ import copy
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -207,3 +207,35 @@ async def interleaved_rates(
         for channel in channels.values():
             await channel.close()
     return {name: {m: float(np.median(rates[name][m])) for m in LOAD_MODES} for name in settings}
+
+
+def load_report(args: argparse.Namespace) -> dict[str, Any]:
+    """The head of a load benchmark's report: how it loaded the services; ``pairs`` to fill."""
+    return {
+        "clients": args.clients,
+        "per_client": args.per_client,
+        "rounds": args.rounds,
+        "train_limit": args.train_limit,
+        "pairs": {},
+    }
+
+
+def compared(median: dict[str, dict[str, float]], base: str, other: str, key: str) -> dict[str, Any]:
+    """One pair's entry: each setting's requests/s per mode, RAEE ÷ FULL, and ``other`` ÷ ``base``."""
+    return {
+        "rps": {k: {m: round(median[k][m], 2) for m in LOAD_MODES} for k in median},
+        "raee_over_full": {k: round(median[k]["raee"] / median[k]["full"], 3) for k in median},
+        key: {m: round(median[other][m] / median[base][m], 3) for m in LOAD_MODES},
+    }
+
+
+def compared_mean(pairs: list[dict[str, Any]], settings: Sequence[str], key: str) -> dict[str, Any]:
+    """The mean over pairs of :func:`compared`'s RAEE ÷ FULL per setting and its ``key`` ratio."""
+    import numpy as np
+
+    return {
+        "raee_over_full": {
+            k: round(float(np.mean([p["raee_over_full"][k] for p in pairs])), 3) for k in settings
+        },
+        key: {m: round(float(np.mean([p[key][m] for p in pairs])), 3) for m in LOAD_MODES},
+    }

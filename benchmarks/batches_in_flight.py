@@ -24,8 +24,16 @@ import asyncio
 import functools
 from typing import Any
 
-import numpy as np
-from _common import LOAD_MODES, emit, eval_pair, interleaved_rates, load_parser, load_texts
+from _common import (
+    compared,
+    compared_mean,
+    emit,
+    eval_pair,
+    interleaved_rates,
+    load_parser,
+    load_report,
+    load_texts,
+)
 
 from raee_cli.pair import ServicePair
 
@@ -38,32 +46,14 @@ def in_flight(pair: ServicePair, batches: int) -> str:
 
 
 async def run(args: Any) -> dict[str, Any]:
-    report: dict[str, Any] = {
-        "clients": args.clients,
-        "per_client": args.per_client,
-        "rounds": args.rounds,
-        "train_limit": args.train_limit,
-        "pairs": {},
-    }
+    report = load_report(args)
     async with eval_pair(args) as (pair, tasks):
         for task in tasks:
             texts = load_texts(task, args.clients * args.per_client)
             settings = {str(k): functools.partial(in_flight, pair, k) for k in SETTINGS}
             median = await interleaved_rates(task.spec.name, texts, settings, args)
-            report["pairs"][f"{task.family}/{task.task}"] = {
-                "rps": {k: {m: round(median[k][m], 2) for m in LOAD_MODES} for k in median},
-                "raee_over_full": {k: round(median[k]["raee"] / median[k]["full"], 3) for k in median},
-                "two_over_one": {m: round(median["2"][m] / median["1"][m], 3) for m in LOAD_MODES},
-            }
-    pairs = report["pairs"].values()
-    report["mean"] = {
-        "raee_over_full": {
-            str(k): round(float(np.mean([p["raee_over_full"][str(k)] for p in pairs])), 3) for k in SETTINGS
-        },
-        "two_over_one": {
-            m: round(float(np.mean([p["two_over_one"][m] for p in pairs])), 3) for m in LOAD_MODES
-        },
-    }
+            report["pairs"][f"{task.family}/{task.task}"] = compared(median, "1", "2", "two_over_one")
+    report["mean"] = compared_mean(list(report["pairs"].values()), [str(k) for k in SETTINGS], "two_over_one")
     return report
 
 

@@ -30,8 +30,17 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-from _common import LOAD_MODES, emit, eval_pair, interleaved_rates, load_parser, load_texts, second_worker
+from _common import (
+    compared,
+    compared_mean,
+    emit,
+    eval_pair,
+    interleaved_rates,
+    load_parser,
+    load_report,
+    load_texts,
+    second_worker,
+)
 
 SETTINGS = ("off", "on")
 
@@ -41,13 +50,7 @@ def _calling(address: str) -> Callable[[], str]:
 
 
 async def run(args: Any) -> dict[str, Any]:
-    report: dict[str, Any] = {
-        "clients": args.clients,
-        "per_client": args.per_client,
-        "rounds": args.rounds,
-        "train_limit": args.train_limit,
-        "pairs": {},
-    }
+    report = load_report(args)
     async with eval_pair(args) as (pair, tasks), second_worker(pair) as without:
         # Two workers, one per setting, so that each sees the eval's sequence of rounds and
         # keeps its own history (the batch sizes it settled into) from round to round.
@@ -57,20 +60,8 @@ async def run(args: Any) -> dict[str, Any]:
         for task in tasks:
             texts = load_texts(task, args.clients * args.per_client)
             median = await interleaved_rates(task.spec.name, texts, settings, args)
-            report["pairs"][f"{task.family}/{task.task}"] = {
-                "rps": {k: {m: round(median[k][m], 2) for m in LOAD_MODES} for k in SETTINGS},
-                "raee_over_full": {k: round(median[k]["raee"] / median[k]["full"], 3) for k in SETTINGS},
-                "on_over_off": {m: round(median["on"][m] / median["off"][m], 3) for m in LOAD_MODES},
-            }
-    pairs = report["pairs"].values()
-    report["mean"] = {
-        "raee_over_full": {
-            k: round(float(np.mean([p["raee_over_full"][k] for p in pairs])), 3) for k in SETTINGS
-        },
-        "on_over_off": {
-            m: round(float(np.mean([p["on_over_off"][m] for p in pairs])), 3) for m in LOAD_MODES
-        },
-    }
+            report["pairs"][f"{task.family}/{task.task}"] = compared(median, "off", "on", "on_over_off")
+    report["mean"] = compared_mean(list(report["pairs"].values()), SETTINGS, "on_over_off")
     return report
 
 
