@@ -86,7 +86,7 @@ def encoder_running(encoder: QueryEncoder, graph: Path) -> QueryEncoder:
     from raee import encoder_onnx
 
     other = copy.copy(encoder)
-    other._run_onnx = functools.partial(encoder_onnx.run, encoder_onnx.session(graph))
+    other._run_onnx = other._run_lone = functools.partial(encoder_onnx.run, encoder_onnx.session(graph))
     return other
 
 

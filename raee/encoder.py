@@ -14,14 +14,14 @@ the same ``id`` and stores ingested with either serve queries from the other.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from raee.batching import length_runs, pad_rows
-from raee.defaults import DEFAULT_ENCODER, DEFAULT_ENCODER_RUNTIME, EncoderRuntime
+from raee.defaults import DEFAULT_ENCODER, DEFAULT_ENCODER_RUNTIME, EncoderRuntime, EncoderSpin
 from raee.fingerprint import weights_fingerprint
 
 # Largest absolute difference allowed between the runtimes' vector components (measured: ~2e-7).
@@ -40,10 +40,13 @@ class QueryEncoder:
         *,
         batch_size: int = 64,
         runtime: EncoderRuntime = DEFAULT_ENCODER_RUNTIME,
-        spin: bool = False,
+        spin: EncoderSpin = "lone",
     ) -> None:
-        """``spin`` (ONNX runtime only): spin-wait between operators, for a process that has
-        the cores to itself (the retrieval service alone); see :func:`encoder_onnx.session`."""
+        """``spin`` (ONNX runtime only): when the runtime's threads spin-wait between operators
+        (:func:`encoder_onnx.session`). ``always`` suits a process that has the cores to itself
+        (the retrieval service alone); ``lone``, the default, spins for a run of one text only,
+        for an encoder beside the backbone: a lone query is when the cores are most likely
+        idle, and batches, which come under load, do not take them from a forward pass."""
         path, self.name = _resolve(source)
         model = SentenceTransformer(str(path), device="cpu", local_files_only=Path(path).exists())
         model.eval()
@@ -72,8 +75,14 @@ class QueryEncoder:
         self.model = None  # the torch weights are only needed to export; let them go
         self.onnx_path = encoder_onnx.cached_export(model, self.name, fingerprint, ONNX_TOLERANCE)
         # Bound once here: onnxruntime is imported only for this runtime, and not per call.
-        self.onnx_session = encoder_onnx.session(self.onnx_path, spin=spin)
+        self.spin: EncoderSpin = spin
+        self.onnx_session = encoder_onnx.session(self.onnx_path, spin=spin == "always")
+        # A second session on the same graph, whose threads spin: the vectors are the same.
+        self.lone_session = (
+            encoder_onnx.session(self.onnx_path, spin=True) if spin == "lone" else self.onnx_session
+        )
         self._run_onnx = functools.partial(encoder_onnx.run, self.onnx_session)
+        self._run_lone = functools.partial(encoder_onnx.run, self.lone_session)
         self._onnx_inputs = encoder_onnx.INPUTS
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -100,13 +109,18 @@ class QueryEncoder:
         pad_id = int(self.tokenizer.pad_token_id or 0)
         left = self.tokenizer.padding_side == "left"
         out = np.empty((len(texts), self.dim), dtype=np.float32)
+        run_onnx = self._runner(len(texts))
         for run in length_runs(lengths, self.batch_size, self.run_cost_tokens):
             batch = {
                 name: pad_rows([rows[name][i] for i in run], pad_id if name == "input_ids" else 0, left=left)
                 for name in rows
             }
-            out[run] = self._run_onnx(batch)
+            out[run] = run_onnx(batch)
         return out
+
+    def _runner(self, count: int) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+        """The spinning session for a lone text under ``lone`` (set per call, so it may change)."""
+        return self._run_lone if count == 1 and self.spin == "lone" else self._run_onnx
 
 
 def _resolve(source: str) -> tuple[Path | str, str]:

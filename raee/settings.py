@@ -144,7 +144,7 @@ class RetrievalSettings(ServiceSettings, StoreSettings):
         "RAEE_ENCODER_SPIN",
         True,
         "ONNX encoder threads spin-wait during a run (faster when the service has its cores to itself; "
-        "ignored where the encoder shares a process with the backbone)",
+        "where the encoder shares a process with the backbone, they spin for a lone query only)",
     )
     default_k: int = env("RAEE_DEFAULT_K", DEFAULT_K, "neighbours per query when the request sets none", ge=1)
     max_k: int = env("RAEE_MAX_K", 256, "largest k a request may ask for", ge=1)

@@ -221,7 +221,7 @@ def _ingest(args: argparse.Namespace) -> int:
     for error in errors:
         logging.getLogger("raee.ingest").warning("skipped %s", error)
     backbone = Backbone.load(models.backbone)
-    encoder = QueryEncoder(models.encoder, runtime=models.encoder_runtime)
+    encoder = QueryEncoder(models.encoder, runtime=models.encoder_runtime, spin="never")  # batches
     store = open_store_from(store_from_args(args))
     try:
         result = run_ingest(
@@ -414,7 +414,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     models = models_from_args(args)
     backbone = Backbone.load(models.backbone)
-    encoder = QueryEncoder(models.encoder, runtime=models.encoder_runtime)
+    encoder = QueryEncoder(models.encoder, runtime=models.encoder_runtime, spin="never")
     print(f"backbone {backbone.id} ready\nencoder {encoder.id} ready")
     return 0
 

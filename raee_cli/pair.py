@@ -2,7 +2,8 @@
 
 :func:`start_pair` runs both in this process. :func:`start_process_pair` starts the
 retrieval service as its own process (``raee serve retrieval``), as it is
-deployed: its encoder may then spin its threads during a run (``RAEE_ENCODER_SPIN``).
+deployed: its encoder may then spin its threads during every run (``RAEE_ENCODER_SPIN``);
+in one process it spins for a lone query only.
 """
 
 from __future__ import annotations
@@ -153,7 +154,15 @@ async def start_pair(
     backbone: Backbone | None = None,
     encoder: QueryEncoder | None = None,
 ) -> ServicePair:
-    """Start the retrieval service, then the worker pointed at it (port 0 picks free ports)."""
+    """Start the retrieval service, then the worker pointed at it (port 0 picks free ports).
+
+    The encoder shares this process with the backbone, so its threads spin for a lone
+    query only (``spin="lone"``), whatever ``RAEE_ENCODER_SPIN`` says.
+    """
+    if encoder is None:
+        encoder = await asyncio.to_thread(
+            QueryEncoder, retrieval_config.encoder, runtime=retrieval_config.encoder_runtime, spin="lone"
+        )
     retrieval = await retrieval_server.start(retrieval_config, encoder=encoder)
     worker = await _start_worker(retrieval, retrieval_config, inference_config, backbone)
     return ServicePair(retrieval, worker)

@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from raee.defaults import EncoderSpin
 from raee.encoder import QueryEncoder
 from raee.serving import tracing
 from raee.serving.metrics import serve_metrics_of
@@ -52,8 +53,9 @@ async def start(settings: RetrievalSettings, *, encoder: QueryEncoder | None = N
     logger.info("retrieval service listening on port %d; loading models", running.port)
     store = open_store_from(settings)
     if encoder is None:
+        spin: EncoderSpin = "always" if settings.encoder_spin else "never"  # no backbone in this process
         encoder = await asyncio.to_thread(
-            QueryEncoder, settings.encoder, runtime=settings.encoder_runtime, spin=settings.encoder_spin
+            QueryEncoder, settings.encoder, runtime=settings.encoder_runtime, spin=spin
         )
     servicer.engine = RetrievalEngine(store, encoder)
     started = time.perf_counter()

@@ -10,11 +10,13 @@ import itertools
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
+from raee.backbone import Backbone
 from raee.batching import length_runs
 from raee.defaults import DEFAULT_ENCODER
 from raee.encoder import ONNX_TOLERANCE, RUN_COST_TOKENS, QueryEncoder
@@ -213,10 +215,50 @@ def test_the_runtime_is_a_setting_and_a_flag(monkeypatch: pytest.MonkeyPatch) ->
         load(ModelSettings)
 
 
-def spin_setting(encoder: QueryEncoder) -> str:
-    return str(
-        encoder.onnx_session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
-    )
+def spin_setting(session: Any) -> str:
+    return str(session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning"))
+
+
+def test_the_shared_encoder_spins_for_a_lone_text_only_and_the_vectors_do_not_change(
+    encoder: QueryEncoder, texts: list[str]
+) -> None:
+    # The encoder beside the backbone (`raee up`, the eval): a lone query is when the cores
+    # are most likely idle; batches come under load, when the backbone wants them.
+    assert encoder.spin == "lone"
+    assert spin_setting(encoder.onnx_session) == "0"
+    assert spin_setting(encoder.lone_session) == "1"
+    assert encoder._runner(1).args == (encoder.lone_session,)  # type: ignore[attr-defined]
+    assert encoder._runner(2).args == (encoder.onnx_session,)  # type: ignore[attr-defined]
+    lone = np.stack([encoder.encode([text])[0] for text in texts[:20]])
+    try:
+        encoder.spin = "never"
+        assert encoder._runner(1).args == (encoder.onnx_session,)  # type: ignore[attr-defined]
+        still = np.stack([encoder.encode([text])[0] for text in texts[:20]])
+    finally:
+        encoder.spin = "lone"
+    np.testing.assert_array_equal(lone, still)
+    never = QueryEncoder(spin="never")  # ingest's: it encodes batches, one session is enough
+    assert never.lone_session is never.onnx_session
+    assert spin_setting(never.onnx_session) == "0"
+
+
+async def test_raee_up_gives_its_encoder_the_lone_spin_whatever_the_setting(
+    gemma: Backbone, tmp_path: Path
+) -> None:
+    from raee.settings import InferenceSettings, RetrievalSettings
+    from raee_cli.pair import start_pair
+
+    retrieval = RetrievalSettings(home=tmp_path, port=0, metrics_port=0)
+    assert retrieval.encoder_spin  # meant for the retrieval service alone
+    inference = InferenceSettings(port=0, metrics_port=0, http_port=-1)
+    pair = await start_pair(retrieval, inference, backbone=gemma)
+    try:
+        assert pair.retrieval.servicer.engine is not None
+        shared = pair.retrieval.servicer.engine.encoder
+        assert shared.spin == "lone"
+        assert spin_setting(shared.onnx_session) == "0"
+    finally:
+        await pair.stop(0)
 
 
 async def test_the_retrieval_service_alone_spins_its_encoder_and_the_vectors_do_not_change(
@@ -225,14 +267,15 @@ async def test_the_retrieval_service_alone_spins_its_encoder_and_the_vectors_do_
     from raee.settings import RetrievalSettings, load
     from retrieval_service import server as retrieval_server
 
-    assert spin_setting(encoder) == "0"  # the shared encoder of `raee up`, the eval and ingest
+    assert spin_setting(encoder.onnx_session) == "0"  # the shared encoder's batches
     settings = RetrievalSettings(home=tmp_path, port=0, metrics_port=0)
     assert settings.encoder_spin
     server = await retrieval_server.start(settings)
     try:
         assert server.servicer.engine is not None
         spinning = server.servicer.engine.encoder
-        assert spin_setting(spinning) == "1"
+        assert spinning.spin == "always"
+        assert spin_setting(spinning.onnx_session) == "1"
         np.testing.assert_array_equal(spinning.encode(texts[:40]), encoder.encode(texts[:40]))
     finally:
         await server.stop(0)
