@@ -190,34 +190,47 @@ async def test_encoder_quantisation_rescoring_reproduces_the_services(
     assert report["summary"]["largest_change"]["pair"] == name
 
 
-def test_batches_in_flight_times_both_settings_in_both_modes(tmp_path: Path) -> None:
-    args = ("--pair", "cloze/sst2", "--home", str(tmp_path / "home"), "--train-limit", "24")
-    load = ("--clients", "4", "--per-client", "1", "--rounds", "1")
-    report = run_benchmark("batches_in_flight", *args, *load, out=tmp_path / "r.json")
+PAIR_ARGS = ("--pair", "cloze/sst2", "--train-limit", "24")
+LOAD_ARGS = (*PAIR_ARGS, "--clients", "4", "--per-client", "1", "--rounds", "1")
+
+
+def checked_load_report(report: dict[str, Any], base: str, other: str, key: str) -> dict[str, Any]:
+    """The one pair's entry of a load benchmark's report, its ratios checked against its rates."""
     (pair,) = report["pairs"].values()
     rps = pair["rps"]
-    assert set(rps) == {"1", "2"} and all(rate > 0 for s in rps.values() for rate in s.values())
+    assert set(rps) == {base, other} and all(rate > 0 for s in rps.values() for rate in s.values())
     for mode in ("raee", "full"):
         # Both from requests/s rounded to two decimals.
-        assert pair["two_over_one"][mode] == pytest.approx(rps["2"][mode] / rps["1"][mode], rel=3e-2)
-    for setting in ("1", "2"):
+        assert pair[key][mode] == pytest.approx(rps[other][mode] / rps[base][mode], rel=3e-2)
+    for setting in (base, other):
         assert pair["raee_over_full"][setting] == pytest.approx(
             rps[setting]["raee"] / rps[setting]["full"], rel=3e-2
         )
-    assert report["mean"]["two_over_one"] == pair["two_over_one"]
+    assert report["mean"][key] == pair[key]
+    return dict(pair)
 
 
-def test_cohorts_times_the_rule_on_and_off_in_both_modes(tmp_path: Path) -> None:
-    args = ("--pair", "cloze/sst2", "--home", str(tmp_path / "home"), "--train-limit", "24")
-    load = ("--clients", "4", "--per-client", "1", "--rounds", "1")
-    report = run_benchmark("cohorts", *args, *load, out=tmp_path / "r.json")
-    (pair,) = report["pairs"].values()
-    rps = pair["rps"]
-    assert set(rps) == {"off", "on"} and all(rate > 0 for s in rps.values() for rate in s.values())
-    for mode in ("raee", "full"):
-        assert pair["on_over_off"][mode] == pytest.approx(rps["on"][mode] / rps["off"][mode], rel=3e-2)
-    for setting in ("off", "on"):
-        assert pair["raee_over_full"][setting] == pytest.approx(
-            rps[setting]["raee"] / rps[setting]["full"], rel=3e-2
-        )
-    assert report["mean"]["on_over_off"] == pair["on_over_off"]
+@pytest.mark.parametrize(
+    ("name", "base", "other", "key"),
+    [("batches_in_flight", "1", "2", "two_over_one"), ("cohorts", "off", "on", "on_over_off")],
+)
+def test_a_load_benchmark_times_both_settings_in_both_modes(
+    name: str, base: str, other: str, key: str, tmp_path: Path
+) -> None:
+    report = run_benchmark(name, *LOAD_ARGS, "--home", str(tmp_path / "home"), out=tmp_path / "r.json")
+    checked_load_report(report, base, other, key)
+
+
+def test_encoder_spin_times_both_policies_at_batch_1_and_under_load(tmp_path: Path) -> None:
+    home = ("--home", str(tmp_path / "home"))
+    report = run_benchmark("encoder_spin", *LOAD_ARGS, *home, "--texts", "4", out=tmp_path / "r.json")
+    pair = checked_load_report(report, "never", "lone", "lone_over_never")
+    batch1 = pair["batch1_p50_ms"]
+    for policy in ("never", "lone"):
+        # The encoder's own time is part of a kNN call's, which is part of nothing else.
+        assert 0 < batch1[policy]["encode"] < batch1[policy]["knn"]
+        assert batch1[policy]["raee"] > 0
+    for part in ("raee", "knn", "encode"):
+        ratio = batch1["lone"][part] / batch1["never"][part]
+        assert pair["batch1_lone_over_never"][part] == pytest.approx(ratio, rel=1e-2)
+    assert report["mean"]["batch1_lone_over_never"] == pair["batch1_lone_over_never"]
