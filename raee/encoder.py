@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 from sentence_transformers import SentenceTransformer
@@ -47,10 +48,13 @@ class QueryEncoder:
         (the retrieval service alone); ``lone``, the default, spins for a run of one text only,
         for an encoder beside the backbone: a lone query is when the cores are most likely
         idle, and batches, which come under load, do not take them from a forward pass."""
+        if spin not in get_args(EncoderSpin):
+            raise ValueError(f"encoder: unknown spin policy {spin!r}; use one of {get_args(EncoderSpin)}")
         path, self.name = _resolve(source)
         model = SentenceTransformer(str(path), device="cpu", local_files_only=Path(path).exists())
         model.eval()
         self.runtime: EncoderRuntime = runtime
+        self.spin: EncoderSpin = spin  # ONNX only: the torch runtime has no threads of its own to spin
         self.batch_size = batch_size
         self.run_cost_tokens = RUN_COST_TOKENS
         dim = model.get_embedding_dimension()
@@ -75,7 +79,6 @@ class QueryEncoder:
         self.model = None  # the torch weights are only needed to export; let them go
         self.onnx_path = encoder_onnx.cached_export(model, self.name, fingerprint, ONNX_TOLERANCE)
         # Bound once here: onnxruntime is imported only for this runtime, and not per call.
-        self.spin: EncoderSpin = spin
         self.onnx_session = encoder_onnx.session(self.onnx_path, spin=spin == "always")
         # A second session on the same graph, whose threads spin: the vectors are the same.
         self.lone_session = (

@@ -237,6 +237,8 @@ def test_the_shared_encoder_spins_for_a_lone_text_only_and_the_vectors_do_not_ch
     finally:
         encoder.spin = "lone"
     np.testing.assert_array_equal(lone, still)
+    with pytest.raises(ValueError, match="spin policy True"):
+        QueryEncoder(spin=True)  # type: ignore[arg-type]  # the old boolean
     never = QueryEncoder(spin="never")  # ingest's: it encodes batches, one session is enough
     assert never.lone_session is never.onnx_session
     assert spin_setting(never.onnx_session) == "0"
