@@ -12,7 +12,7 @@ import copy
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -239,3 +239,26 @@ def compared_mean(pairs: list[dict[str, Any]], settings: Sequence[str], key: str
         },
         key: {m: round(float(np.mean([p[key][m] for p in pairs])), 3) for m in LOAD_MODES},
     }
+
+
+async def settings_report(
+    args: argparse.Namespace,
+    tasks: Sequence[EvalTask],
+    settings: Mapping[str, Callable[[], str]],
+    key: str,
+    extra: Callable[[EvalTask], Awaitable[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """A load benchmark's report: per pair, :func:`interleaved_rates` under the two
+    ``settings`` (the first is the base of ``key``, their ratio), then ``extra``'s
+    entries; and the mean over the pairs."""
+    base, other = settings
+    report = load_report(args)
+    for task in tasks:
+        texts = load_texts(task, args.clients * args.per_client)
+        median = await interleaved_rates(task.spec.name, texts, settings, args)
+        entry = compared(median, base, other, key)
+        if extra is not None:
+            entry.update(await extra(task))
+        report["pairs"][f"{task.family}/{task.task}"] = entry
+    report["mean"] = compared_mean(list(report["pairs"].values()), (base, other), key)
+    return report

@@ -24,16 +24,7 @@ import asyncio
 import functools
 from typing import Any
 
-from _common import (
-    compared,
-    compared_mean,
-    emit,
-    eval_pair,
-    interleaved_rates,
-    load_parser,
-    load_report,
-    load_texts,
-)
+from _common import emit, eval_pair, load_parser, settings_report
 
 from raee_cli.pair import ServicePair
 
@@ -46,15 +37,9 @@ def in_flight(pair: ServicePair, batches: int) -> str:
 
 
 async def run(args: Any) -> dict[str, Any]:
-    report = load_report(args)
     async with eval_pair(args) as (pair, tasks):
-        for task in tasks:
-            texts = load_texts(task, args.clients * args.per_client)
-            settings = {str(k): functools.partial(in_flight, pair, k) for k in SETTINGS}
-            median = await interleaved_rates(task.spec.name, texts, settings, args)
-            report["pairs"][f"{task.family}/{task.task}"] = compared(median, "1", "2", "two_over_one")
-    report["mean"] = compared_mean(list(report["pairs"].values()), [str(k) for k in SETTINGS], "two_over_one")
-    return report
+        settings = {str(k): functools.partial(in_flight, pair, k) for k in SETTINGS}
+        return await settings_report(args, tasks, settings, "two_over_one")
 
 
 def main() -> None:

@@ -30,19 +30,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from _common import (
-    compared,
-    compared_mean,
-    emit,
-    eval_pair,
-    interleaved_rates,
-    load_parser,
-    load_report,
-    load_texts,
-    second_worker,
-)
-
-SETTINGS = ("off", "on")
+from _common import emit, eval_pair, load_parser, second_worker, settings_report
 
 
 def _calling(address: str) -> Callable[[], str]:
@@ -50,19 +38,13 @@ def _calling(address: str) -> Callable[[], str]:
 
 
 async def run(args: Any) -> dict[str, Any]:
-    report = load_report(args)
     async with eval_pair(args) as (pair, tasks), second_worker(pair) as without:
         # Two workers, one per setting, so that each sees the eval's sequence of rounds and
         # keeps its own history (the batch sizes it settled into) from round to round.
         without.batcher.merge_cohorts = False
         addresses = {"off": f"localhost:{without.port}", "on": pair.inference_address}
         settings = {name: _calling(address) for name, address in addresses.items()}
-        for task in tasks:
-            texts = load_texts(task, args.clients * args.per_client)
-            median = await interleaved_rates(task.spec.name, texts, settings, args)
-            report["pairs"][f"{task.family}/{task.task}"] = compared(median, "off", "on", "on_over_off")
-    report["mean"] = compared_mean(list(report["pairs"].values()), SETTINGS, "on_over_off")
-    return report
+        return await settings_report(args, tasks, settings, "on_over_off")
 
 
 def main() -> None:

@@ -27,18 +27,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from _common import (
-    compared,
-    compared_mean,
-    emit,
-    eval_pair,
-    interleaved_rates,
-    load_parser,
-    load_report,
-    load_texts,
-)
+from _common import emit, eval_pair, load_parser, load_texts, settings_report
 
 POLICIES = ("never", "lone")
+BATCH1_TIMES = ("raee", "knn", "encode")
 
 
 def _switching(encoder: Any, policy: str, address: str) -> Callable[[], str]:
@@ -58,7 +50,7 @@ async def batch1(pair: Any, task: str, texts: list[str]) -> dict[str, dict[str, 
     from raee.wire.inference import classify_request
 
     encoder = pair.retrieval.servicer.engine.encoder
-    times: dict[str, dict[str, list[float]]] = {p: {"raee": [], "knn": [], "encode": []} for p in POLICIES}
+    times: dict[str, dict[str, list[float]]] = {p: {k: [] for k in BATCH1_TIMES} for p in POLICIES}
     async with (
         grpc.aio.insecure_channel(pair.inference_address) as inference_channel,
         grpc.aio.insecure_channel(pair.retrieval_address) as retrieval_channel,
@@ -83,30 +75,23 @@ async def batch1(pair: Any, task: str, texts: list[str]) -> dict[str, dict[str, 
 
 
 async def run(args: Any) -> dict[str, Any]:
-    report = load_report(args)
-    report["batch1_texts"] = args.texts
     async with eval_pair(args) as (pair, tasks):
         engine = pair.retrieval.servicer.engine
         assert engine is not None  # the pair is serving
         encoder = engine.encoder
         settings = {p: _switching(encoder, p, pair.inference_address) for p in POLICIES}
-        for task in tasks:
-            texts = load_texts(task, max(args.texts, args.clients * args.per_client))
-            median = await interleaved_rates(task.spec.name, texts, settings, args)
-            entry = compared(median, "never", "lone", "lone_over_never")
-            entry["batch1_p50_ms"] = await batch1(pair, task.spec.name, texts[: args.texts])
-            entry["batch1_lone_over_never"] = {
-                key: round(entry["batch1_p50_ms"]["lone"][key] / entry["batch1_p50_ms"]["never"][key], 3)
-                for key in ("raee", "knn", "encode")
-            }
-            report["pairs"][f"{task.family}/{task.task}"] = entry
+
+        async def at_batch1(task: Any) -> dict[str, Any]:
+            p50 = await batch1(pair, task.spec.name, load_texts(task, args.texts))
+            ratios = {key: round(p50["lone"][key] / p50["never"][key], 3) for key in BATCH1_TIMES}
+            return {"batch1_p50_ms": p50, "batch1_lone_over_never": ratios}
+
+        report = await settings_report(args, tasks, settings, "lone_over_never", at_batch1)
+    report["batch1_texts"] = args.texts
     pairs = list(report["pairs"].values())
-    report["mean"] = {
-        **compared_mean(pairs, POLICIES, "lone_over_never"),
-        "batch1_lone_over_never": {
-            key: round(sum(p["batch1_lone_over_never"][key] for p in pairs) / len(pairs), 3)
-            for key in ("raee", "knn", "encode")
-        },
+    report["mean"]["batch1_lone_over_never"] = {
+        key: round(sum(p["batch1_lone_over_never"][key] for p in pairs) / len(pairs), 3)
+        for key in BATCH1_TIMES
     }
     return report
 
