@@ -157,13 +157,9 @@ async def start_pair(
     """Start the retrieval service, then the worker pointed at it (port 0 picks free ports).
 
     The encoder shares this process with the backbone, so its threads spin for a lone
-    query only (``spin="lone"``), whatever ``RAEE_ENCODER_SPIN`` says.
+    query only, whatever ``RAEE_ENCODER_SPIN`` says.
     """
-    if encoder is None:
-        encoder = await asyncio.to_thread(
-            QueryEncoder, retrieval_config.encoder, runtime=retrieval_config.encoder_runtime, spin="lone"
-        )
-    retrieval = await retrieval_server.start(retrieval_config, encoder=encoder)
+    retrieval = await retrieval_server.start(retrieval_config, encoder=encoder, beside_backbone=True)
     worker = await _start_worker(retrieval, retrieval_config, inference_config, backbone)
     return ServicePair(retrieval, worker)
 

@@ -38,8 +38,14 @@ class RetrievalServer:
         self.store.close()
 
 
-async def start(settings: RetrievalSettings, *, encoder: QueryEncoder | None = None) -> RetrievalServer:
-    """Start serving at once (NOT_SERVING), load the encoder and store, then report SERVING."""
+async def start(
+    settings: RetrievalSettings, *, encoder: QueryEncoder | None = None, beside_backbone: bool = False
+) -> RetrievalServer:
+    """Start serving at once (NOT_SERVING), load the encoder and store, then report SERVING.
+
+    ``beside_backbone``: this process also runs the backbone (``raee up``), so the encoder
+    it loads spins its threads for a lone query only, whatever ``RAEE_ENCODER_SPIN`` says.
+    """
     servicer = RetrievalServicer(settings)
     running = await start_server(
         port=settings.port,
@@ -53,7 +59,7 @@ async def start(settings: RetrievalSettings, *, encoder: QueryEncoder | None = N
     logger.info("retrieval service listening on port %d; loading models", running.port)
     store = open_store_from(settings)
     if encoder is None:
-        spin: EncoderSpin = "always" if settings.encoder_spin else "never"  # no backbone in this process
+        spin: EncoderSpin = "lone" if beside_backbone else "always" if settings.encoder_spin else "never"
         encoder = await asyncio.to_thread(
             QueryEncoder, settings.encoder, runtime=settings.encoder_runtime, spin=spin
         )
