@@ -234,3 +234,19 @@ def test_encoder_spin_times_both_policies_at_batch_1_and_under_load(tmp_path: Pa
         ratio = batch1["lone"][part] / batch1["never"][part]
         assert pair["batch1_lone_over_never"][part] == pytest.approx(ratio, rel=1e-2)
     assert report["mean"]["batch1_lone_over_never"] == pair["batch1_lone_over_never"]
+
+
+def test_openmp_spin_times_each_spin_count_in_its_own_process(tmp_path: Path) -> None:
+    args = ("--texts", "2", "--rounds", "2", "--spin-count", "300000", "--spin-count", "1000")
+    report = run_benchmark("openmp_spin", *args, out=tmp_path / "s.json")
+    # Each child checked that it ran with its own count (or the run would have failed).
+    assert set(report["times_ms"]) == set(report["per_round_ms"]) == {"300000", "1000"}
+    for count_rounds in report["per_round_ms"].values():
+        assert len(count_rounds) == 2
+        for times in count_rounds:
+            assert 0 < times["shallow"] < times["full"] < times["full_batch16"]
+            assert times["encode_after_forward"] > 0 and times["encode_rested"] > 0
+    ratios = report["over_300000"]["1000"]
+    rounds = report["per_round_ms"]
+    per_round = [a["full"] / b["full"] for a, b in zip(rounds["1000"], rounds["300000"], strict=True)]
+    assert ratios["full"] == pytest.approx(sum(per_round) / 2, rel=1e-6)  # the median of two rounds

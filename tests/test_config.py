@@ -3,7 +3,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +138,24 @@ def test_connection_age_options() -> None:
         connection_age_options(-1.0, 0.0)
     with pytest.raises(ValueError, match="max_connection_age_grace_s"):
         connection_age_options(30.0, -1.0)
+
+
+def _spin_count_seen(code: str, **env: str) -> str:
+    """GOMP_SPINCOUNT as a fresh interpreter sees it after running ``code``."""
+    environ = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"} | env
+    code += "; import os; print(os.environ.get('GOMP_SPINCOUNT', 'unset'))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_importing_raee_shortens_openmps_spin_before_torch_loads_it() -> None:
+    import raee
+
+    assert _spin_count_seen("import raee") == raee.OPENMP_SPIN_COUNT == "10000"
+    # The CLI imports raee before anything loads torch, or libgomp would not see it.
+    assert _spin_count_seen("import raee_cli.main, sys; assert 'torch' not in sys.modules") == "10000"
+    assert _spin_count_seen("import raee", GOMP_SPINCOUNT="300000") == "300000"  # the user's value wins
+    # Once torch has loaded libgomp the variable has no effect, so raee does not claim one.
+    assert _spin_count_seen("import torch, raee") == "unset"
