@@ -15,7 +15,10 @@ query encoder as the services share them (``spin="lone"``) and, for each of
 - ``encode_after_forward``: the text's prompt key, right after a forward pass;
 - ``encode_rested``: the same key after 50 ms without work;
 
-then ``full_batch16``: forward passes of 16 texts to the last exit. Medians per
+then, ``BATCH_REPEATS`` times, ``full_batch16``: a forward pass of 16 texts to the
+last exit, and ingest's step for the same 16 (``ingest.job.probe_batch``): every
+exit's prediction (``ingest_forward``), then the batch's keys right after it
+(``ingest_encode``). Medians per
 child; per count the median over rounds, and each count's ratio to the first
 count's, round by round (median).
 
@@ -39,7 +42,15 @@ from typing import Any
 import numpy as np
 from _common import emit, read_valid, timed
 
-TIMES = ("full", "shallow", "encode_after_forward", "encode_rested", "full_batch16")
+TIMES = (
+    "full",
+    "shallow",
+    "encode_after_forward",
+    "encode_rested",
+    "full_batch16",
+    "ingest_forward",
+    "ingest_encode",
+)
 BATCH = 16
 BATCH_REPEATS = 6
 
@@ -47,6 +58,7 @@ BATCH_REPEATS = 6
 def child(args: argparse.Namespace) -> dict[str, float]:
     """The spin count this process was started with, and its medians."""
     from evaluation.runner import benchmark_tasks
+    from ingest.job import probe_batch
     from raee.backbone import Backbone
     from raee.defaults import DEFAULT_BACKBONE
     from raee.encoder import QueryEncoder
@@ -54,7 +66,8 @@ def child(args: argparse.Namespace) -> dict[str, float]:
     (task,) = benchmark_tasks(args.data_root, ["paper"], ["sst2"])
     probe = Backbone.load(DEFAULT_BACKBONE).for_task(task.spec)
     encoder = QueryEncoder(spin="lone")
-    texts = [e.text for e in read_valid(task.test, task.spec, args.texts + BATCH)]
+    examples = read_valid(task.test, task.spec, args.texts + BATCH)
+    texts = [e.text for e in examples]
     last = probe.num_layers
     for text in texts[:3]:  # warm-up
         probe.predict_at([text], last)
@@ -69,6 +82,11 @@ def child(args: argparse.Namespace) -> dict[str, float]:
         times["encode_rested"].append(timed(partial(encoder.encode, [key]))[1])
     for _ in range(BATCH_REPEATS):
         times["full_batch16"].append(timed(partial(probe.predict_at, texts[-BATCH:], last))[1])
+        # Ingest's own step: every exit's prediction for a batch, then the batch's keys.
+        steps = {"forward_s": 0.0, "encode_s": 0.0}
+        probe_batch(probe, encoder, task.spec, examples[-BATCH:], steps)
+        times["ingest_forward"].append(1000 * steps["forward_s"])
+        times["ingest_encode"].append(1000 * steps["encode_s"])
     medians = {name: float(np.median(values)) for name, values in times.items()}
     return {"spin_count": int(os.environ["GOMP_SPINCOUNT"]), **medians}
 

@@ -246,6 +246,8 @@ def test_openmp_spin_times_each_spin_count_in_its_own_process(tmp_path: Path) ->
         for times in count_rounds:
             assert 0 < times["shallow"] < times["full"] < times["full_batch16"]
             assert times["encode_after_forward"] > 0 and times["encode_rested"] > 0
+            # Ingest's step reads every exit of the batch, so it runs at least the full pass.
+            assert times["ingest_forward"] > times["shallow"] and times["ingest_encode"] > 0
     ratios = report["over_300000"]["1000"]
     rounds = report["per_round_ms"]
     per_round = [a["full"] / b["full"] for a, b in zip(rounds["1000"], rounds["300000"], strict=True)]
