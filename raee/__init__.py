@@ -20,8 +20,8 @@ import sys as _sys
 # torch's OpenMP runtime (libgomp) lets its idle threads spin for 300,000 iterations
 # after each parallel region, several milliseconds on this project's CPUs. Between
 # forward passes a serving process runs the query encoder, the store and gRPC, and
-# those spinning threads take their cores: on 2 cores a query key took 12.7 ms right
-# after a forward pass instead of 6.4. 10,000 iterations still bridge the gaps between
+# those spinning threads take their cores: on 2 cores a query key took about 12 ms
+# right after a forward pass instead of about 6. 10,000 iterations still bridge the gaps between
 # a forward pass's own operators (benchmarks/openmp_spin.py). libgomp reads the
 # variable once, when torch loads it, hence here, before any raee module imports
 # torch; a value the user set wins (docs/architecture.md, "The query encoder's runtime").
