@@ -118,7 +118,7 @@ def _export(model: SentenceTransformer, target: Path, tolerance: float) -> None:
     try:
         onnx_path = staging / _MODEL_FILE
         trace(model, onnx_path)
-        _fuse_if_exact(model, onnx_path, tolerance)
+        fuse_if_exact(model, onnx_path, tolerance)
         (staging / _DIGEST_FILE).write_text(file_sha256(onnx_path) + "\n")
         _readable_by_all(staging)
         try:
@@ -178,7 +178,7 @@ _PROBE_TEXTS = (
 )
 
 
-def _fuse_if_exact(model: SentenceTransformer, path: Path, tolerance: float) -> None:
+def fuse_if_exact(model: SentenceTransformer, path: Path, tolerance: float) -> None:
     """Replace the graph at ``path`` by its fused form if that still agrees with the torch model."""
     config = _transformer(model).config
     fused_path = path.with_name("fused.onnx")

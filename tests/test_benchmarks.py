@@ -160,19 +160,23 @@ def test_compute_floor_counts_the_encoders_work_and_bounds_its_time(
     assert 0 < report["encoder_floor"] < report["encoder_measured"] < 1
 
 
-async def test_encoder_quantisation_rescoring_reproduces_the_services(
+async def test_cheaper_encoders_rescoring_reproduces_the_services(
     served_home: Path, pair: ServicePair, demo_spec: TaskSpec, tmp_path: Path
 ) -> None:
-    """Its fp32 column is RAEE's score as the services answer; int8 moves some neighbours."""
+    """Its fp32 column is RAEE's score as the services answer; each cheaper encoder moves some neighbours."""
     report = await asyncio.to_thread(
         run_benchmark,
-        "encoder_quantisation",
+        "cheaper_encoders",
         "--task-dir",
         str(DEMO_DIR),
         "--home",
         str(served_home),
         "--timing-texts",
         "3",
+        "--candidate",
+        "int8",
+        "--candidate",
+        "layers3",
         out=tmp_path / "q.json",
     )
     (name, measured), *_ = report["pairs"].items()
@@ -185,9 +189,13 @@ async def test_encoder_quantisation_rescoring_reproduces_the_services(
     gold = [demo_spec.label_index(t["label"]) for t in tests]
     assert measured["score"]["fp32"] == round(demo_spec.score(answers["raee"].labels, gold), 2)
     scores = measured["score"]
-    assert measured["delta"] == pytest.approx(scores["int8"] - scores["fp32"], abs=0.011)
-    assert 0 < measured["neighbour_overlap"] < 1  # int8 changes some neighbours, not all
-    assert report["summary"]["largest_change"]["pair"] == name
+    assert set(scores) == {"fp32", "int8", "layers3"}
+    for candidate in ("int8", "layers3"):
+        assert measured["delta"][candidate] == pytest.approx(scores[candidate] - scores["fp32"], abs=0.011)
+        assert 0 < measured["neighbour_overlap"][candidate] < 1  # some neighbours move, not all
+        assert report["summary"][candidate]["largest_change"]["pair"] == name
+    # Half the layers: the key costs less than the services' encoder.
+    assert report["summary"]["layers3"]["encode_speed_ratio_over_fp32"] < 1
 
 
 PAIR_ARGS = ("--pair", "cloze/sst2", "--train-limit", "24")

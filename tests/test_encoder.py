@@ -169,9 +169,9 @@ def test_a_fusion_beyond_the_tolerance_keeps_the_plain_graph(tmp_path: Path) -> 
     strict, loose = tmp_path / "strict.onnx", tmp_path / "loose.onnx"
     strict.write_bytes(plain.read_bytes())
     loose.write_bytes(plain.read_bytes())
-    encoder_onnx._fuse_if_exact(model, strict, tolerance=0.0)  # no graph is that exact (measured 2.6e-7)
+    encoder_onnx.fuse_if_exact(model, strict, tolerance=0.0)  # no graph is that exact (measured 2.6e-7)
     assert strict.read_bytes() == plain.read_bytes()
-    encoder_onnx._fuse_if_exact(model, loose, tolerance=ONNX_TOLERANCE)
+    encoder_onnx.fuse_if_exact(model, loose, tolerance=ONNX_TOLERANCE)
     assert "Attention" in op_types(loose)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loose.onnx", "plain.onnx", "strict.onnx"]
 

@@ -19,6 +19,7 @@ from evaluation.report import averages
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text()
 RESULTS = ROOT / "docs" / "results"
 NUMBER = r"(?<![\w.])[−-]?\d+(?:\.\d+)?"  # not the 50 of "p50"
 
@@ -28,11 +29,11 @@ def result(name: str) -> dict[str, Any]:
     return data
 
 
-def table_rows(caption: str) -> dict[str, list[str]]:
-    """The rows of the README table whose header starts with ``| caption``: first cell -> the others."""
-    start = re.search(rf"^\| {re.escape(caption)}", README, flags=re.M)
-    assert start is not None, f"no README table starts with {caption!r}"
-    lines = README[start.start() :].splitlines()
+def table_rows(caption: str, text: str = README) -> dict[str, list[str]]:
+    """The rows of the table in ``text`` whose header starts with ``| caption``: first cell -> the others."""
+    start = re.search(rf"^\| {re.escape(caption)}", text, flags=re.M)
+    assert start is not None, f"no table starts with {caption!r}"
+    lines = text[start.start() :].splitlines()
     rows = {}
     for line in lines[2:]:
         if not line.startswith("|"):
@@ -170,3 +171,28 @@ def test_the_scale_row_is_scale_json() -> None:
         12,
         round(hundred_k["recall_at_12"], 1),
     ]
+
+
+def test_the_cheaper_encoders_table_is_its_benchmark_file() -> None:
+    """docs/architecture.md's table of cheaper query encoders (issue 11's accuracy rule)."""
+    report = result("cheaper_encoders.json")
+    rows = table_rows("candidate", ARCHITECTURE)
+    shown = {name: numbers(" ".join(cells)) for name, cells in rows.items()}
+    labels = {
+        "int8": "int8 (ONNX Runtime dynamic, per-channel weights)",
+        "layers4": "the first 4 of MiniLM's 6 layers",
+        "layers3": "the first 3 of MiniLM's 6 layers",
+    }
+    assert set(report["summary"]) == set(labels)
+    for candidate, label in labels.items():
+        summary = report["summary"][candidate]
+        deltas = [pair["delta"][candidate] for pair in report["pairs"].values()]
+        assert shown[label] == [
+            round(summary["encode_speed_ratio_over_fp32"], 2),
+            round(summary["neighbour_overlap"], 2),
+            round(summary["mean_delta"], 2),
+            min(deltas),
+            max(deltas),
+            len(summary["pairs_outside_tolerance"]),
+            len(report["pairs"]),
+        ]
