@@ -209,7 +209,7 @@ def main() -> None:
         ways: dict[str, Encode] = {REFERENCE: encoder.encode}
         for name in args.candidates or DEFAULT_CANDIDATES:
             ways[name] = encoder_running(encoder, candidate_graph(name, reference, Path(folder))).encode
-        tasks = [folder_task(folder) for folder in args.task_dir] or benchmark_tasks(
+        tasks = [folder_task(path) for path in args.task_dir] or benchmark_tasks(
             args.data_root, args.families, args.tasks
         )
         for task in tasks:
