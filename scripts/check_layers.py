@@ -8,7 +8,9 @@ Rules, each printed as a violation with the file and line:
    ingest are independent of one another).
 2. No two packages import each other, directly or through others (a cycle), counting
    the core's subpackages (``raee.store``, ``raee.wire``, ...) as packages of their own.
-3. Only ``raee/settings.py`` reads the environment (``os.environ``, ``os.getenv``).
+3. Only ``raee/settings.py`` reads the environment (``os.environ``, ``os.getenv``, under
+   any name ``os`` is imported as). The one other module that touches it,
+   ``raee/__init__.py``, gives libgomp its default before torch loads (see there).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("evaluation",),
 )
 SETTINGS_MODULE = "raee/settings.py"
+# Sets GOMP_SPINCOUNT when unset: libgomp reads it once, when torch loads, before any settings exist.
+PROCESS_DEFAULTS_MODULE = "raee/__init__.py"
 ENVIRONMENT_READS = {"environ", "getenv", "environb", "getenvb"}
 
 
@@ -61,7 +65,7 @@ def check(root: Path) -> list[str]:
                 edges[importer].add(target)
             if top != target_top and layer_of[target_top] >= layer_of[top]:
                 problems.append(f"{relative}:{line}: {top} (layer {layer_of[top]}) imports {imported}")
-        if relative != SETTINGS_MODULE:
+        if relative not in {SETTINGS_MODULE, PROCESS_DEFAULTS_MODULE}:
             problems += [f"{relative}:{line}: reads the environment" for line in _environment_reads(tree)]
     problems += [f"import cycle: {' -> '.join(cycle)}" for cycle in _cycles(edges)]
     return problems
@@ -100,9 +104,16 @@ def _imports(tree: ast.AST, relative: str) -> Iterator[tuple[int, str]]:
 
 
 def _environment_reads(tree: ast.AST) -> Iterator[int]:
+    os_names = {"os"} | {
+        alias.asname
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.name == "os" and alias.asname
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr in ENVIRONMENT_READS:
-            if isinstance(node.value, ast.Name) and node.value.id == "os":
+            if isinstance(node.value, ast.Name) and node.value.id in os_names:
                 yield node.lineno
         elif (
             isinstance(node, ast.ImportFrom)

@@ -65,6 +65,11 @@ def test_a_clean_tree_passes(layers: ModuleType, tmp_path: Path) -> None:
         ("raee/paths.py", "import os\nP = os.environ['X']\n", "raee/paths.py:2: reads the environment"),
         ("ingest/io.py", "from os import getenv\n", "ingest/io.py:1: reads the environment"),
         (
+            "ingest/env.py",
+            "import os as _os\nX = _os.environ.get('X')\n",
+            "ingest/env.py:2: reads the environment",
+        ),
+        (
             "raee/settings.py",
             "from raee.store import open_store\n",
             "import cycle: raee.store -> raee -> raee.store",
