@@ -12,7 +12,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 TRITON_VENV ?= .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 
-.PHONY: install demo test lint k8s-check proto bench scale results clean wheelhouse image image-baked e2e-containers
+.PHONY: install demo test lint k8s-check bench scale results clean wheelhouse image image-baked e2e-containers
 
 install: $(STAMP) $(CHECKOV_STAMP) $(TRITON_STAMP)
 
@@ -61,8 +61,8 @@ bench: $(STAMP)
 scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py --out docs/results/scale.json
 
-# Everything in docs/results from scratch: the ingest benchmark (whose ratio the
-# summary carries), then `raee eval` over both template families of the six tasks.
+# The eval's results in docs/results from scratch: the ingest benchmark (whose ratio
+# the summary carries), then `raee eval` over both template families of the six tasks.
 DATA ?= benchmarks/data
 results: $(STAMP)
 	$(BIN)/python benchmarks/ingest_and_query.py --data $(DATA)/sst2/train.jsonl --limit 2000 \

@@ -52,7 +52,7 @@ CHUNK = 64
 log = logging.getLogger("raee.eval")
 THROUGHPUT_CLIENTS = 16
 SPEED_SEED = 29
-# Long enough that a busy machine does not turn RAEE answers into degraded full-depth ones.
+# Long enough that a busy machine does not turn RAEE answers into degraded answers at a fallback exit.
 EVAL_RETRIEVAL_TIMEOUT_MS = 60_000.0
 INGEST_BENCHMARK = "ingest_and_query.json"  # benchmarks/ingest_and_query.py's report, in --out
 
@@ -150,7 +150,7 @@ def exit_probabilities(probe: TaskProbe, texts: Sequence[str], batch: int = 16) 
 
 
 class DegradedAnswersError(RuntimeError):
-    """RAEE answers came back degraded (full depth after a retrieval failure): they are not RAEE's."""
+    """RAEE answers came back degraded (a fallback exit after a retrieval failure): they are not RAEE's."""
 
 
 @dataclass
@@ -194,7 +194,7 @@ async def classify_both(
 def check_not_degraded(task: str, what: str, degraded: int) -> None:
     if degraded:
         raise DegradedAnswersError(
-            f"{task}: {degraded} {what} answers were degraded (answered at full depth after the "
+            f"{task}: {degraded} {what} answers were degraded (answered at a fallback exit after the "
             "retrieval service failed or timed out); they would be scored and timed as RAEE. "
             "Rerun on a quieter machine, or raise the eval's retrieval timeout."
         )

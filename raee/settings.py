@@ -8,7 +8,7 @@ have no flag (flags show in ``ps``).
 
 Entry points (the CLI, the servers' ``serve``) load the settings once and pass
 plain values down; nothing below them looks at the environment.
-``docs/configuration.md`` is generated from these models (``scripts/gen_config_docs.py``),
+``docs/configuration.md`` is generated from these models (``raee config --write-reference``),
 and the Kubernetes contract check reads its known keys from :func:`env_keys`.
 """
 
@@ -192,7 +192,10 @@ class InferenceSettings(ServiceSettings):
     )
     max_queue: int = env("RAEE_MAX_QUEUE", 1024, "queued requests before RESOURCE_EXHAUSTED", ge=1)
     retrieval_timeout_ms: float = env(
-        "RAEE_RETRIEVAL_TIMEOUT_MS", 1000.0, "then answer at full depth, degraded", gt=0
+        "RAEE_RETRIEVAL_TIMEOUT_MS",
+        1000.0,
+        "then answer at the task's best single exit (full depth without one), degraded",
+        gt=0,
     )
     task_ttl_s: float = env(
         "RAEE_TASK_TTL_S", 5.0, "how long a task's spec is trusted before rechecking", ge=0

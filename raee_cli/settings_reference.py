@@ -27,7 +27,7 @@ END = "<!-- end of settings reference -->"
 USED_BY = {
     "RetrievalSettings": "`raee serve retrieval`",
     "InferenceSettings": "`raee serve inference`",
-    "StoreSettings": "`ingest`, `publish`, `tasks`, `demo`, `up`",
+    "StoreSettings": "`ingest`, `publish`, `tasks`, `demo`, `up`, `eval`",
     "ModelSettings": "`ingest`, `demo`, `prepare`, `eval`",
     "PathSettings": "model loading",
     "LogSettings": "every command",

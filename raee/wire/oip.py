@@ -10,7 +10,7 @@ tensor          datatype  shape    meaning
 ``label``       BYTES     [N]      the predicted label of each text
 ``probabilities`` FP32    [N, C]   label-word probabilities, in ``label_names`` order
 ``exit_layer``  INT32     [N]      the layer each text exited at
-``degraded``    BOOL      [N]      retrieval failed and the full model answered
+``degraded``    BOOL      [N]      retrieval failed; answered at a fallback exit
 ``label_names`` BYTES     [C]      the task's label names (also in ModelMetadata)
 ==============  ========  =======  ==============================================
 
