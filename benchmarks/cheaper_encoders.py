@@ -54,7 +54,7 @@ from raee.store import ExitStore, Neighbour, open_store
 Encode = Callable[[Sequence[str]], np.ndarray]
 TOLERANCE_POINTS = 0.5
 REFERENCE = "fp32"
-DEFAULT_CANDIDATES = ("int8", "layers4", "layers3")
+DEFAULT_CANDIDATES = ("int8", "layers4", "layers3", "layers2")
 
 
 def int8_copy(reference: QueryEncoder, folder: Path) -> Path:
