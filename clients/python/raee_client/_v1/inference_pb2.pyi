@@ -116,7 +116,9 @@ class ClassifyResponse(_message.Message):
     retrieval_ms: _builtins.float
     forward_ms: _builtins.float
     degraded: _builtins.bool
-    """True when retrieval failed (unreachable or too slow) and the full model answered."""
+    """True when retrieval failed (unreachable or too slow): answered at the task's best single
+    exit, or at full depth when the task has no record of one.
+    """
     degraded_reason: _builtins.str
     fallback: _retrieval_pb2.FallbackReason.ValueType
     task_version: _builtins.str
