@@ -43,45 +43,38 @@ def _switching(encoder: Any, policy: str, address: str) -> Callable[[], str]:
 
 async def batch1(pair: Any, task: str, texts: list[str]) -> dict[str, dict[str, float]]:
     """Median RAEE and kNN latency (ms) through gRPC and the encoder's own ms, per policy."""
-    import numpy as np
-
-    encoder = pair.retrieval.servicer.engine.encoder
-    found = encoder.spin  # put back afterwards: the load rounds switch policies themselves
-    times: dict[str, dict[str, list[float]]] = {p: {k: [] for k in BATCH1_TIMES} for p in POLICIES}
-    try:
-        await _time_batch1(pair, task, texts, encoder, times)
-    finally:
-        encoder.spin = found
-    return {p: {k: round(float(np.median(v)), 3) for k, v in times[p].items()} for p in POLICIES}
-
-
-async def _time_batch1(
-    pair: Any, task: str, texts: list[str], encoder: Any, times: dict[str, dict[str, list[float]]]
-) -> None:
     import grpc
+    import numpy as np
 
     from raee.v1 import inference_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
     from raee.wire.inference import classify_request
 
+    encoder = pair.retrieval.servicer.engine.encoder
+    found = encoder.spin  # put back afterwards: the load rounds switch policies themselves
+    times: dict[str, dict[str, list[float]]] = {p: {k: [] for k in BATCH1_TIMES} for p in POLICIES}
     async with (
         grpc.aio.insecure_channel(pair.inference_address) as inference_channel,
         grpc.aio.insecure_channel(pair.retrieval_address) as retrieval_channel,
     ):
         inference = inference_pb2_grpc.InferenceServiceStub(inference_channel)
         retrieval = retrieval_pb2_grpc.RetrievalServiceStub(retrieval_channel)
-        for index, text in enumerate(texts):
-            for policy in POLICIES if index % 2 == 0 else POLICIES[::-1]:
-                encoder.spin = policy
-                await inference.Classify(classify_request(task, text, "full"), timeout=60)
-                started = time.perf_counter()
-                await inference.Classify(classify_request(task, text, "raee"), timeout=60)
-                times[policy]["raee"].append(1000 * (time.perf_counter() - started))
-                started = time.perf_counter()
-                reply = await retrieval.GetExitDistribution(
-                    retrieval_pb2.ExitDistributionRequest(task=task, text=text), timeout=60
-                )
-                times[policy]["knn"].append(1000 * (time.perf_counter() - started))
-                times[policy]["encode"].append(reply.timing.encode_ms)
+        try:
+            for index, text in enumerate(texts):
+                for policy in POLICIES if index % 2 == 0 else POLICIES[::-1]:
+                    encoder.spin = policy
+                    await inference.Classify(classify_request(task, text, "full"), timeout=60)
+                    started = time.perf_counter()
+                    await inference.Classify(classify_request(task, text, "raee"), timeout=60)
+                    times[policy]["raee"].append(1000 * (time.perf_counter() - started))
+                    started = time.perf_counter()
+                    reply = await retrieval.GetExitDistribution(
+                        retrieval_pb2.ExitDistributionRequest(task=task, text=text), timeout=60
+                    )
+                    times[policy]["knn"].append(1000 * (time.perf_counter() - started))
+                    times[policy]["encode"].append(reply.timing.encode_ms)
+        finally:
+            encoder.spin = found
+    return {p: {k: round(float(np.median(v)), 3) for k, v in times[p].items()} for p in POLICIES}
 
 
 async def run(args: Any) -> dict[str, Any]:

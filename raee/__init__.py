@@ -21,8 +21,8 @@ import sys as _sys
 # after each parallel region, several milliseconds on this project's CPUs. Between
 # forward passes a serving process runs the query encoder, the store and gRPC, and
 # those spinning threads take their cores: on 2 cores a query key took about 12 ms
-# right after a forward pass instead of about 6. 10,000 iterations still bridge the gaps between
-# a forward pass's own operators (benchmarks/openmp_spin.py). libgomp reads the
+# right after a forward pass instead of about 6. 10,000 iterations still bridge the
+# gaps between a forward pass's own operators (benchmarks/openmp_spin.py). libgomp reads the
 # variable once, when torch loads it, hence here, before any raee module imports
 # torch; a value the user set wins (docs/architecture.md, "The query encoder's runtime").
 OPENMP_SPIN_COUNT = "10000"
